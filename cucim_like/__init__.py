@@ -1,0 +1,35 @@
+"""cucim_like: fast whole-slide image and volume loading with cuCIM's API.
+
+``import cucim_like`` loads only NumPy and the package's own modules; format parsers, codecs and any GPU
+package are imported when first used.
+"""
+
+from ._version import __version__
+from .cuimage import CuImage
+from .errors import (
+    CodecUnavailableError,
+    CorruptFileError,
+    CucimLikeError,
+    DecodeError,
+    DeviceUnavailableError,
+    ImageFileNotFoundError,
+    InvalidArgumentError,
+    LevelError,
+    UnknownAssociatedImageError,
+    UnsupportedFormatError,
+)
+
+__all__ = [
+    "CodecUnavailableError",
+    "CorruptFileError",
+    "CuImage",
+    "CucimLikeError",
+    "DecodeError",
+    "DeviceUnavailableError",
+    "ImageFileNotFoundError",
+    "InvalidArgumentError",
+    "LevelError",
+    "UnknownAssociatedImageError",
+    "UnsupportedFormatError",
+    "__version__",
+]

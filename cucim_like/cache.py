@@ -1,0 +1,156 @@
+"""Decoded-tile caches shared by every open image of a process, bounded by bytes, with real statistics."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+MiB = 1024 * 1024
+DEFAULT_MEMORY_CAPACITY_MIB = 64
+
+
+class TileCache:
+    """LRU of decoded tiles (read-only NumPy arrays), keyed by (file identity, level, tile).
+
+    ``memory_capacity`` is in bytes (attribute) and MiB (constructor, as in cuCIM); ``capacity`` bounds the
+    number of tiles. Statistics count only while ``record()`` is on (the default).
+    """
+
+    type = "per_process"
+
+    def __init__(self, memory_capacity: float = DEFAULT_MEMORY_CAPACITY_MIB, capacity: int | None = None,
+                 record_stat: bool = True) -> None:
+        if memory_capacity < 0 or (capacity is not None and capacity < 0):
+            raise InvalidArgumentError("cache capacities must not be negative")
+        self.memory_capacity = int(memory_capacity * MiB)
+        self.capacity = int(capacity) if capacity is not None else max(1, self.memory_capacity // (64 * 1024))
+        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._record = bool(record_stat)
+        self.hit_count = 0
+        self.miss_count = 0
+
+    # -- cuCIM's ImageCache surface --------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Number of tiles held."""
+        return len(self._items)
+
+    @property
+    def memory_size(self) -> int:
+        """Bytes held."""
+        return self._bytes
+
+    @property
+    def free_memory(self) -> int:
+        return max(0, self.memory_capacity - self._bytes)
+
+    def record(self, value: bool | None = None) -> bool:
+        """Turn statistics on/off (with a value) or tell whether they are on (without)."""
+        if value is not None:
+            self._record = bool(value)
+        return self._record
+
+    def reserve(self, memory_capacity: float, capacity: int | None = None) -> None:
+        """Grow (never shrink) the capacity, in MiB / tiles."""
+        with self._lock:
+            self.memory_capacity = max(self.memory_capacity, int(memory_capacity * MiB))
+            if capacity is not None:
+                self.capacity = max(self.capacity, int(capacity))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+            self.hit_count = self.miss_count = 0
+
+    @property
+    def config(self) -> dict:
+        return {"type": self.type, "memory_capacity": self.memory_capacity // MiB, "capacity": self.capacity,
+                "record_stat": self._record}
+
+    def __repr__(self) -> str:
+        return (f"<TileCache {self.type} {self.size} tiles, {self._bytes / MiB:.1f}/"
+                f"{self.memory_capacity / MiB:.0f} MiB, hits={self.hit_count} misses={self.miss_count}>")
+
+    # -- engine side -----------------------------------------------------------------------------------------
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+            if self._record:
+                if arr is None:
+                    self.miss_count += 1
+                else:
+                    self.hit_count += 1
+            return arr
+
+    def put(self, key: Hashable, arr: np.ndarray) -> None:
+        nbytes = arr.nbytes
+        if nbytes > self.memory_capacity or self.capacity == 0:
+            return
+        arr.flags.writeable = False
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._items[key] = arr
+            self._bytes += nbytes
+            while self._bytes > self.memory_capacity or len(self._items) > self.capacity:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+
+class NoCache(TileCache):
+    """A cache that holds nothing (``CuImage.cache("no_cache")``); it still counts misses."""
+
+    type = "no_cache"
+
+    def __init__(self, memory_capacity: float = 0, capacity: int | None = 0, record_stat: bool = True) -> None:
+        super().__init__(0, 0, record_stat)
+
+    def put(self, key: Hashable, arr: np.ndarray) -> None:
+        return None
+
+
+_current: list[TileCache] = [TileCache()]
+_current_lock = threading.Lock()
+
+_KINDS = {"per_process": TileCache, "no_cache": NoCache, "nocache": NoCache}
+
+
+def current_cache() -> TileCache:
+    """The process-wide cache every read goes through."""
+    return _current[0]
+
+
+def configure_cache(kind: str | None = None, memory_capacity: float | None = None, capacity: int | None = None,
+                    record_stat: bool | None = None) -> TileCache:
+    """Replace the process-wide cache (cuCIM's ``CuImage.cache(type, memory_capacity=MiB, ...)``).
+
+    With no arguments, return the current cache unchanged.
+    """
+    if kind is None and memory_capacity is None and capacity is None and record_stat is None:
+        return _current[0]
+    with _current_lock:
+        old = _current[0]
+        kind = (kind or old.type).lower()
+        cls = _KINDS.get(kind)
+        if cls is None:
+            raise InvalidArgumentError(
+                f"unknown cache type {kind!r}; choose one of {sorted(k for k in _KINDS if k != 'nocache')}"
+            )
+        cache = cls(
+            memory_capacity if memory_capacity is not None else DEFAULT_MEMORY_CAPACITY_MIB,
+            capacity,
+            old.record() if record_stat is None else record_stat,
+        )
+        _current[0] = cache
+        return cache

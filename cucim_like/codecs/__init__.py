@@ -1,0 +1,102 @@
+"""Tile decoders, looked up by name in a registry that imports nothing until a codec is first used.
+
+A missing codec (imagecodecs built without it, an optional package not installed) fails at read time with
+:class:`~cucim_like.errors.CodecUnavailableError`, never at import or open.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..errors import CodecUnavailableError
+from ..formats.base import CodecSpec, Level
+
+__all__ = ["Decoder", "available_codecs", "get_decoder", "register_codec"]
+
+# name -> "module:Class", resolved on first use
+_REGISTRY: dict[str, str] = {
+    "none": "cucim_like.codecs.raw:RawDecoder",
+    "deflate": "cucim_like.codecs.raw:RawDecoder",
+    "lzw": "cucim_like.codecs.raw:RawDecoder",
+    "zstd": "cucim_like.codecs.raw:RawDecoder",
+    "lzma": "cucim_like.codecs.raw:RawDecoder",
+    "packbits": "cucim_like.codecs.raw:RawDecoder",
+    "jpeg": "cucim_like.codecs.jpeg:JpegDecoder",
+    "jpeg2000": "cucim_like.codecs.jpeg2000:Jpeg2000Decoder",
+    "webp": "cucim_like.codecs.webp:WebpDecoder",
+}
+_lock = threading.Lock()
+
+
+class Decoder(ABC):
+    """Decodes one tile's compressed bytes into a caller's array.
+
+    ``tile_shape`` is (tz, ty, tx, samples) and ``dtype`` the native dtype of decoded samples (CPU memory).
+    """
+
+    def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
+        self.spec = spec
+        self.tile_shape = tile_shape
+        self.dtype = np.dtype(dtype)
+
+    @abstractmethod
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
+        """Decode ``data`` into ``out`` (C-contiguous, ``tile_shape``, ``dtype``).
+
+        Returns ``out`` or a leading part of it along y when the stream holds fewer rows (a short last strip).
+        Raises :class:`~cucim_like.errors.DecodeError` on any damaged or mismatching stream; never allocates
+        more than a bounded multiple of the tile's size.
+        """
+
+
+def register_codec(name: str, target: str) -> None:
+    """Register (or replace) the decoder class for ``name`` as "module:Class"; imported on first use."""
+    with _lock:
+        _REGISTRY[name] = target
+
+
+def available_codecs() -> list[str]:
+    """Names of the registered codecs (whether their libraries are installed is checked on use)."""
+    return sorted(_REGISTRY)
+
+
+def _load(name: str) -> type[Decoder]:
+    target = _REGISTRY.get(name)
+    if target is None:
+        raise CodecUnavailableError(f"no decoder is registered for codec {name!r}")
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise CodecUnavailableError(f"codec {name!r} needs a package that is not installed: {exc}") from exc
+
+
+def get_decoder(level: Level) -> Decoder:
+    """The decoder for a level's tiles, built once per level and kept on it."""
+    if level._decoder:
+        return level._decoder[0]
+    with _lock:
+        if not level._decoder:
+            cls = _load(level.codec.name)
+            level._decoder.append(cls(level.codec, level.decoded_tile_shape, level.dtype))
+    return level._decoder[0]
+
+
+def imagecodecs_function(codec: str, name: str):
+    """``imagecodecs.<name>``, or CodecUnavailableError naming the codec when this build lacks it."""
+    try:
+        import imagecodecs
+    except ImportError as exc:  # pragma: no cover - core dependency
+        raise CodecUnavailableError(f"codec {codec!r} needs imagecodecs, which is not installed") from exc
+    fn = getattr(imagecodecs, name, None)
+    if fn is None:
+        raise CodecUnavailableError(f"codec {codec!r}: this imagecodecs build has no {name}")
+    # imagecodecs exposes unavailable codecs as stubs that raise on call; check the codec's flag
+    flag = getattr(imagecodecs, name.split("_")[0].upper(), None)
+    if flag is not None and getattr(flag, "available", True) is False:
+        raise CodecUnavailableError(f"codec {codec!r}: imagecodecs was built without {name.split('_')[0]}")
+    return fn

@@ -1,0 +1,79 @@
+"""Tiny, bounded readers of codec headers: the frame size a stream declares, checked before decoding."""
+
+from __future__ import annotations
+
+import struct
+
+from ..errors import DecodeError
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_frame(data: bytes | memoryview) -> tuple[int, int, int, int]:
+    """(precision, height, width, components) from a JPEG stream's SOF marker.
+
+    Works on abbreviated streams (tables elsewhere). Raises DecodeError when no SOF comes before the scan.
+    """
+    buf = bytes(data[:65536]) if not isinstance(data, bytes) else data
+    n = len(buf)
+    if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        raise DecodeError("not a JPEG stream (no SOI marker)")
+    i = 2
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            raise DecodeError(f"JPEG marker expected at byte {i}")
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack_from(">H", buf, i + 2)
+        if length < 2:
+            raise DecodeError(f"JPEG segment length {length} at byte {i}")
+        if marker in _SOF_MARKERS:
+            if i + 4 + 6 > n:
+                break
+            precision, height, width, comps = struct.unpack_from(">BHHB", buf, i + 4)
+            return precision, height, width, comps
+        if marker in (0xDA, 0xD9):
+            break
+        i += 2 + length
+    raise DecodeError("JPEG stream has no frame header (SOF) before its scan")
+
+
+def j2k_size(data: bytes | memoryview) -> tuple[int, int, int, int]:
+    """(height, width, components, bits) from a JPEG 2000 code stream's SIZ marker (raw J2K or JP2 boxes)."""
+    buf = bytes(data[:65536]) if not isinstance(data, bytes) else data
+    start = 0
+    if buf[:4] == b"\x00\x00\x00\x0c" and buf[4:8] == b"jP  ":
+        # JP2: walk the boxes to the contiguous code stream box
+        i = 0
+        while i + 8 <= len(buf):
+            (length,) = struct.unpack_from(">I", buf, i)
+            kind = buf[i + 4 : i + 8]
+            header = 8
+            if length == 1:
+                if i + 16 > len(buf):
+                    break
+                (length,) = struct.unpack_from(">Q", buf, i + 8)
+                header = 16
+            if kind == b"jp2c":
+                start = i + header
+                break
+            if length < header:
+                break
+            i += length
+        else:
+            raise DecodeError("JP2 file has no code stream box")
+        if not start:
+            raise DecodeError("JP2 file has no code stream box")
+    if buf[start : start + 4] != b"\xff\x4f\xff\x51" or start + 42 > len(buf):
+        raise DecodeError("not a JPEG 2000 code stream (no SOC/SIZ marker)")
+    xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", buf, start + 8)
+    (csiz,) = struct.unpack_from(">H", buf, start + 40)
+    if start + 42 + 3 * csiz > len(buf) or csiz == 0:
+        raise DecodeError(f"JPEG 2000 SIZ marker declares {csiz} components")
+    bits = (buf[start + 42] & 0x7F) + 1
+    return ysiz - yo, xsiz - xo, csiz, bits

@@ -1,0 +1,293 @@
+"""``CuImage``: cuCIM's public API over cucim_like's formats, planner and executors."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import arguments as args
+from .cache import TileCache, configure_cache, current_cache
+from .errors import DeviceUnavailableError, InvalidArgumentError, UnknownAssociatedImageError
+from .executors import cpu
+from .executors.pool import default_workers
+from .fileio import FileReader
+from .formats import open_source
+from .formats.base import ImageSource, Level
+from .plan import plan_region
+
+
+class CuImage:
+    """An opened slide or volume. Pixels are read on demand with :meth:`read_region`.
+
+    The format is chosen by content. Opening reads headers only. Arrays come back as NumPy arrays
+    (H, W, C) of the image's dtype, in CPU memory.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self._path = os.fspath(path)
+        self._source: ImageSource = open_source(self._path)
+        self._readers = [FileReader(p) for p in self._source.files]
+        self._file_keys = [r.identity for r in self._readers]
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- cache (process-wide, as in cuCIM) ---------------------------------------------------------------------
+    @staticmethod
+    def cache(type: str | None = None, memory_capacity: float | None = None, capacity: int | None = None,
+              record_stat: bool | None = None, **_ignored: Any) -> TileCache:
+        """Configure (with arguments) or return (without) the process-wide tile cache.
+
+        type: "per_process" or "no_cache"; memory_capacity in MiB; capacity in tiles.
+        """
+        return configure_cache(type, memory_capacity, capacity, record_stat)
+
+    # -- description ---------------------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def _level0(self) -> Level:
+        return self._source.levels[0]
+
+    @property
+    def is_volume(self) -> bool:
+        return self._level0.shape[0] > 1
+
+    @property
+    def dims(self) -> str:
+        """Axis letters of ``shape``: "YXC" for slides, "ZYXC" for volumes."""
+        return "ZYXC" if self.is_volume else "YXC"
+
+    @property
+    def shape(self) -> list[int]:
+        """Level-0 shape in ``dims`` order."""
+        z, y, x, c = self._level0.shape
+        return [z, y, x, c] if self.is_volume else [y, x, c]
+
+    def size(self, dim_order: str = "") -> list[int]:
+        """Sizes along ``dim_order`` (e.g. "XY"), or along ``dims`` when empty."""
+        sizes = dict(zip(self.dims, self.shape, strict=True))
+        order = dim_order or self.dims
+        try:
+            return [sizes[d] for d in order.upper()]
+        except KeyError as exc:
+            raise InvalidArgumentError(f"dim_order {dim_order!r} names an axis not in {self.dims!r}") from exc
+
+    @property
+    def ndim(self) -> int:
+        return len(self.dims)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._level0.dtype
+
+    @property
+    def typestr(self) -> str:
+        return self._level0.dtype.str
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def is_loaded(self) -> bool:
+        return False
+
+    @property
+    def resolutions(self) -> dict[str, Any]:
+        """level_count, level_dimensions ((w, h) each), level_downsamples, level_tile_sizes ((tw, th) each)."""
+        levels = self._source.levels
+        return {
+            "level_count": len(levels),
+            "level_dimensions": tuple((lv.width, lv.height) for lv in levels),
+            "level_downsamples": tuple(lv.downsample for lv in levels),
+            "level_tile_sizes": tuple((lv.tile_shape[2], lv.tile_shape[1]) for lv in levels),
+        }
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self._source.channel_names)
+
+    def spacing(self, dim_order: str = "") -> list[float]:
+        """Physical size of a level-0 pixel along ``dim_order`` (default ``dims``): micrometres for slides;
+        1.0 where unknown and for the channel axis."""
+        zyx = self._source.pixel_spacing or (1.0, 1.0, 1.0)
+        values = {"Z": zyx[0], "Y": zyx[1], "X": zyx[2], "C": 1.0}
+        return [float(values[d]) for d in (dim_order or self.dims).upper()]
+
+    def spacing_units(self, dim_order: str = "") -> list[str]:
+        unit = self._source.spacing_unit if self._source.pixel_spacing else ""
+        return ["color" if d == "C" else unit for d in (dim_order or self.dims).upper()]
+
+    @property
+    def origin(self) -> list[float]:
+        return [0.0, 0.0, 0.0]
+
+    @property
+    def direction(self) -> list[list[float]]:
+        return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+
+    @property
+    def coord_sys(self) -> str:
+        return "LPS"
+
+    @property
+    def associated_images(self) -> set[str]:
+        return set(self._source.associated)
+
+    @property
+    def raw_metadata(self) -> str:
+        return self._source.raw_metadata
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """cuCIM's "cucim" section plus the vendor's sections (e.g. "aperio", "philips", "tiff")."""
+        res = self.resolutions
+        section = {
+            "associated_images": sorted(self.associated_images),
+            "channel_names": self.channel_names,
+            "coord_sys": self.coord_sys,
+            "dims": self.dims,
+            "direction": self.direction,
+            "dtype": {"bits": self.dtype.itemsize * 8, "code": {"i": 0, "u": 1, "f": 2}.get(self.dtype.kind, 1),
+                      "lanes": 1},
+            "ndim": self.ndim,
+            "origin": self.origin,
+            "path": self._path,
+            "resolutions": {
+                "level_count": res["level_count"],
+                "level_dimensions": [list(d) for d in res["level_dimensions"]],
+                "level_downsamples": list(res["level_downsamples"]),
+                "level_tile_sizes": [list(t) for t in res["level_tile_sizes"]],
+            },
+            "shape": self.shape,
+            "spacing": self.spacing(),
+            "spacing_units": self.spacing_units(),
+            "typestr": self.typestr,
+            "format": self._source.format_name,
+            "vendor": self._source.vendor,
+        }
+        return {"cucim": section, **self._source.vendor_metadata}
+
+    @property
+    def levels(self) -> list[Level]:
+        """The engine's description of each level (tile grid, codec): for tools such as ``cucim-like info``."""
+        return list(self._source.levels)
+
+    @property
+    def vendor(self) -> str:
+        return self._source.vendor
+
+    # -- pixels --------------------------------------------------------------------------------------------
+    def read_region(
+        self,
+        location: Any = None,
+        size: Any = None,
+        level: int = 0,
+        device: str = "cpu",
+        num_workers: int = 0,
+        buf: np.ndarray | None = None,
+        fill: float | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Read ``size`` (w, h) pixels at ``location`` (x, y, level-0 coordinates) of ``level``.
+
+        With neither location nor size: the whole level. Returns a NumPy array (h, w, c) of the image's dtype
+        (written into ``buf`` when given). Parts outside the level are ``fill`` (default 255 for brightfield
+        vendor slides, 0 otherwise). ``num_workers``: decode threads, 0 = one per CPU. ``progress`` is called
+        with the number of tiles finished as they finish.
+        """
+        self._check_open()
+        if str(device).lower() != "cpu":
+            raise DeviceUnavailableError(
+                f"device {device!r} is not available: this build of cucim_like reads on the CPU only",
+                path=self._path,
+            )
+        lvl_index = args.check_level(level, len(self._source.levels))
+        lvl = self._source.levels[lvl_index]
+        workers = args.check_workers(num_workers) or default_workers()
+        nd = 3 if self.is_volume else 2
+        if location is None and size is None:
+            start = (0, 0, 0)
+            extent = lvl.shape[:3]
+        else:
+            if location is None or size is None:
+                raise InvalidArgumentError("give both location and size, or neither for the whole level")
+            loc = args.int_tuple(location, nd, "location")
+            sz = args.check_size(args.int_tuple(size, nd, "size"))
+            ds = lvl.downsample
+            x, y = math.floor(loc[0] / ds), math.floor(loc[1] / ds)
+            z = loc[2] if nd == 3 else 0
+            start = (z, y, x)
+            extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
+        out_shape = (*extent, lvl.shape[3])
+        out = self._output(out_shape, lvl.dtype, buf, nd)
+        fill_value = self._source.default_fill if fill is None else fill
+        plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
+        cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
+                    fill=fill_value, workers=workers, cache=current_cache(), progress=progress)
+        return out if nd == 3 else out[0]
+
+    def _output(self, shape: tuple[int, ...], dtype: np.dtype, buf: np.ndarray | None, nd: int) -> np.ndarray:
+        want = shape if nd == 3 else shape[1:]
+        if buf is None:
+            args.check_output_bytes(math.prod(shape) * dtype.itemsize, "this read")
+            return np.empty(shape, dtype)
+        if not isinstance(buf, np.ndarray) or tuple(buf.shape) != tuple(want) or buf.dtype != dtype:
+            raise InvalidArgumentError(
+                f"buf must be a NumPy array of shape {want} and dtype {dtype}, got "
+                f"{getattr(buf, 'shape', None)} {getattr(buf, 'dtype', type(buf).__name__)}"
+            )
+        if not buf.flags.writeable:
+            raise InvalidArgumentError("buf is read-only")
+        return buf if nd == 3 else buf[np.newaxis]
+
+    def associated_image(self, name: str, device: str = "cpu") -> np.ndarray:
+        """A label/macro/thumbnail as a NumPy array (h, w, c); UnknownAssociatedImageError for other names."""
+        self._check_open()
+        assoc = self._source.associated.get(name)
+        if assoc is None:
+            raise UnknownAssociatedImageError(
+                f"no associated image {name!r}; this file has {sorted(self._source.associated) or 'none'}",
+                path=self._path,
+            )
+        lvl = assoc.level
+        plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, (0, 0, 0), lvl.shape[:3])
+        out = np.empty(plan.out_shape, lvl.dtype)
+        cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
+                    fill=self._source.default_fill, workers=1, cache=None)
+        return out[0]
+
+    # -- life cycle ----------------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidArgumentError("I/O operation on a closed CuImage", path=self._path)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                for r in self._readers:
+                    r.close()
+                self._source.close()
+
+    def __enter__(self) -> CuImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self):
+        return (CuImage, (self._path,))
+
+    def __repr__(self) -> str:
+        state = "closed " if self._closed else ""
+        return (f"<{state}CuImage {self._path!r} {self._source.format_name}/{self._source.vendor} "
+                f"shape={self.shape} dtype={self.dtype} levels={len(self._source.levels)}>")

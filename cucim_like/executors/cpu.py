@@ -1,0 +1,240 @@
+"""The CPU executor, the reference one: positional reads, a thread pool decoding with imagecodecs, placement.
+
+Tiles a plan needs are looked up in the tile cache; the rest are sorted by file offset and coalesced into
+reads. Large requests run one task per coalesced read (read + decode + place), at most ``2 x workers`` in
+flight, so memory stays bounded; small requests read inline and decode each tile as its own task so the
+cores share even a four-tile region. Decoding and copying release the GIL.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+
+import numpy as np
+
+from ..cache import TileCache
+from ..codecs import Decoder, get_decoder
+from ..errors import CorruptFileError, CucimLikeError, DecodeError
+from ..fileio import FileReader
+from ..formats.base import Level
+from ..plan import ByteRange, Plan, TileJob, box_slices, coalesce_ranges
+from .pool import thread_pool
+
+# A compressed tile may not be larger than this multiple of its decoded size (plus a constant): a header
+# claiming more is damaged, and believing it would size a read by an unchecked field.
+_MAX_EXPANSION = 4
+_MAX_SLACK = 1 << 20
+_SMALL_REQUEST_TILES = 64
+
+Progress = Callable[[int], None]
+
+
+def tile_coords(level: Level, tile: int) -> tuple[int, ...]:
+    """Grid coordinates of a flat tile index: (ty, tx) for plain 2-D levels, else (plane, tz, ty, tx)."""
+    coords = np.unravel_index(tile, level.grid)
+    coords = tuple(int(c) for c in coords)
+    return coords[2:] if level.planes == 1 and level.grid[1] == 1 else coords
+
+
+class _Scratch(threading.local):
+    def __init__(self) -> None:
+        self.arrays: dict[tuple, np.ndarray] = {}
+
+    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        key = (shape, dtype.str)
+        arr = self.arrays.get(key)
+        if arr is None:
+            if len(self.arrays) > 8:
+                self.arrays.clear()
+            arr = self.arrays[key] = np.empty(shape, dtype)
+        return arr
+
+
+_scratch = _Scratch()
+
+
+class _Read:
+    """State of one executed plan (shared by its tasks; each task writes disjoint output boxes)."""
+
+    def __init__(self, path: str, readers: Sequence[FileReader], level: Level, out: np.ndarray,
+                 cache: TileCache | None, file_keys: Sequence[object], insert: bool) -> None:
+        self.path = path
+        self.readers = readers
+        self.level = level
+        self.out = out
+        self.cache = cache
+        self.file_keys = file_keys
+        self.insert = insert
+        self.decoder: Decoder = get_decoder(level)
+        self.offsets = level.offsets.reshape(-1)
+        self.lengths = level.bytecounts.reshape(-1)
+        self.file_ids = level.file_ids.reshape(-1) if level.file_ids is not None else None
+
+    def file_of(self, tile: int) -> int:
+        return int(self.file_ids[tile]) if self.file_ids is not None else 0
+
+    def cache_key(self, tile: int) -> tuple:
+        return (self.file_keys[self.file_of(tile)], self.level.index, tile)
+
+    def place(self, tile_arr: np.ndarray, jobs: list[TileJob], tile: int) -> None:
+        for job in jobs:
+            (z0, z1), (y0, y1) = job.src[0], job.src[1]
+            if tile_arr.shape[0] < z1 or tile_arr.shape[1] < y1:
+                raise DecodeError(
+                    f"tile holds {tile_arr.shape[1]} rows, {y1} are needed",
+                    path=self.path, level=self.level.index, tile=tile_coords(self.level, tile),
+                )
+            self.out[box_slices(job.dst)] = tile_arr[box_slices(job.src)]
+
+    def decode_place(self, tile: int, data: bytes | memoryview, jobs: list[TileJob]) -> None:
+        level = self.level
+        if self.insert:
+            buf = np.empty(level.decoded_tile_shape, level.dtype)
+        else:
+            buf = _scratch.get(level.decoded_tile_shape, level.dtype)
+        try:
+            arr = self.decoder.decode(data, buf)
+        except CucimLikeError as exc:
+            raise DecodeError(exc.message, path=self.path, level=level.index,
+                              tile=tile_coords(level, tile)) from exc
+        self.place(arr, jobs, tile)
+        if self.insert and self.cache is not None:
+            self.cache.put(self.cache_key(tile), arr)
+
+    def read_range(self, rng: ByteRange) -> memoryview:
+        tile = rng.tiles[0] if len(rng.tiles) == 1 else None
+        coords = tile_coords(self.level, tile) if tile is not None else None
+        return memoryview(self.readers[rng.file_id].read(rng.start, rng.stop, level=self.level.index, tile=coords))
+
+    def tile_bytes(self, rng: ByteRange, buf: memoryview, tile: int) -> memoryview:
+        start = int(self.offsets[tile]) - rng.start
+        return buf[start : start + int(self.lengths[tile])]
+
+    def run_range(self, rng: ByteRange, jobs_by_tile: dict[int, list[TileJob]]) -> int:
+        buf = self.read_range(rng)
+        for tile in rng.tiles:
+            self.decode_place(tile, self.tile_bytes(rng, buf, tile), jobs_by_tile[tile])
+        return len(rng.tiles)
+
+
+def _check_tiles(state: _Read, tiles: list[int]) -> None:
+    """Refuse tiles whose offset/length lie outside their file or exceed a bounded expansion of the tile."""
+    t = np.asarray(tiles, dtype=np.int64)
+    off = state.offsets[t]
+    ln = state.lengths[t]
+    sizes = np.array([r.size for r in state.readers], dtype=np.int64)
+    fsize = sizes[state.file_ids[t]] if state.file_ids is not None else sizes[0]
+    limit = _MAX_EXPANSION * state.level.decoded_tile_nbytes + _MAX_SLACK
+    bad = (off < 0) | (ln < 0) | (off + ln > fsize) | (ln > limit)
+    if bad.any():
+        i = int(np.argmax(bad))
+        tile = int(t[i])
+        raise CorruptFileError(
+            f"tile bytes {int(off[i])}+{int(ln[i])} lie outside the file or exceed the tile's bounded size",
+            path=state.path, level=state.level.index, tile=tile_coords(state.level, tile),
+        )
+
+
+def execute(
+    plan: Plan,
+    level: Level,
+    out: np.ndarray,
+    *,
+    path: str,
+    readers: Sequence[FileReader],
+    file_keys: Sequence[object],
+    fill: float,
+    workers: int,
+    cache: TileCache | None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Run ``plan`` on the CPU into ``out`` (shape ``plan.out_shape``, the level's dtype); returns ``out``."""
+    for box in plan.fills:
+        out[box_slices(box)] = fill
+    jobs_by_tile: dict[int, list[TileJob]] = defaultdict(list)
+    for job in plan.jobs:
+        jobs_by_tile[job.tile].append(job)
+    tiles = list(jobs_by_tile)
+    insert = cache is not None and len(tiles) * level.decoded_tile_nbytes <= cache.memory_capacity // 2
+    state = _Read(path, readers, level, out, cache, file_keys, insert)
+
+    todo: list[int] = []
+    for tile in tiles:
+        if state.lengths[tile] == 0:  # sparse file: missing tile
+            for job in jobs_by_tile[tile]:
+                out[box_slices(job.dst)] = fill
+            continue
+        if cache is not None:
+            hit = cache.get(state.cache_key(tile))
+            if hit is not None:
+                state.place(hit, jobs_by_tile[tile], tile)
+                continue
+        todo.append(tile)
+    if progress is not None and len(todo) < len(tiles):
+        progress(len(tiles) - len(todo))
+    if not todo:
+        return out
+    _check_tiles(state, todo)
+
+    total = int(state.lengths[np.asarray(todo)].sum())
+    workers = max(1, min(workers, len(todo)))
+    max_size = int(min(4 << 20, max(256 << 10, total // (4 * workers))))
+    ranges = coalesce_ranges(todo, state.offsets, state.lengths, state.file_ids, max_size=max_size)
+
+    if workers == 1:
+        for rng in ranges:
+            done = state.run_range(rng, jobs_by_tile)
+            if progress is not None:
+                progress(done)
+        return out
+
+    pool = thread_pool(workers)
+    if len(todo) <= _SMALL_REQUEST_TILES and len(ranges) < 2 * workers:
+        # Few reads: fetch inline, then decode every tile as its own task.
+        calls: list[tuple[Callable, tuple]] = []
+        for rng in ranges:
+            buf = state.read_range(rng)
+            for tile in rng.tiles:
+                calls.append((state.decode_place, (tile, state.tile_bytes(rng, buf, tile), jobs_by_tile[tile])))
+        _run_all(pool, calls, workers, progress, lambda _: 1)
+    else:
+        calls = [(state.run_range, (rng, jobs_by_tile)) for rng in ranges]
+        _run_all(pool, calls, workers, progress, lambda n: n)
+    return out
+
+
+def _run_all(pool, calls: list[tuple[Callable, tuple]], workers: int, progress: Progress | None,
+             count: Callable[[object], int]) -> None:
+    """Run calls on the pool with at most ``2 x workers`` in flight; on error, let running ones finish, raise."""
+    window = 2 * workers
+    pending: set[Future] = set()
+    it = iter(calls)
+    error: BaseException | None = None
+    exhausted = False
+    while True:
+        while not exhausted and error is None and len(pending) < window:
+            nxt = next(it, None)
+            if nxt is None:
+                exhausted = True
+                break
+            fn, args = nxt
+            pending.add(pool.submit(fn, *args))
+        if not pending:
+            break
+        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+        for fut in done:
+            exc = fut.exception()
+            if exc is not None:
+                error = error or exc
+            elif progress is not None:
+                progress(count(fut.result()))
+        if error is not None:
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+            pending = set()
+    if error is not None:
+        raise error

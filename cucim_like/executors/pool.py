@@ -1,0 +1,41 @@
+"""Long-lived decode thread pools, one per worker count, re-created lazily after ``fork``."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_lock = threading.Lock()
+
+
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A shared pool of ``workers`` threads (created on first use, kept for the life of the process)."""
+    pool = _pools.get(workers)
+    if pool is None:
+        with _lock:
+            pool = _pools.get(workers)
+            if pool is None:
+                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cucim_like-{workers}")
+                _pools[workers] = pool
+    return pool
+
+
+def _forget_pools_in_child() -> None:
+    # Threads do not survive fork: the child starts with no pools and builds its own on first use.
+    global _lock
+    _pools.clear()
+    _lock = threading.Lock()
+
+
+def default_workers() -> int:
+    """Threads used when the caller asks for automatic parallelism: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_in_child)

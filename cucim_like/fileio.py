@@ -1,0 +1,64 @@
+"""Positional reads of byte ranges (``os.pread``: thread-safe, no shared file position, GIL released)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .errors import CorruptFileError, ImageFileNotFoundError
+
+
+def file_identity(path: str) -> tuple[int, int, int, int]:
+    """(device, inode, size, mtime in ns): names one version of one file, also across re-opening."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class FileReader:
+    """Reads byte ranges of one file through one descriptor, opened on first use and after ``close``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity = file_identity(path)
+        self.size = self.identity[2]
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def _descriptor(self) -> int:
+        fd = self._fd
+        if fd is None:
+            with self._lock:
+                if self._fd is None:
+                    try:
+                        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    except FileNotFoundError as exc:
+                        raise ImageFileNotFoundError("file disappeared", path=self.path) from exc
+                fd = self._fd
+        return fd
+
+    def read(self, start: int, stop: int, *, level: int | None = None, tile: object = None) -> bytes:
+        """Bytes [start, stop) of the file; CorruptFileError when the file ends before ``stop``."""
+        if start < 0 or stop > self.size or stop < start:
+            raise CorruptFileError(
+                f"byte range {start}-{stop} lies outside the file of {self.size} bytes",
+                path=self.path, level=level, tile=tile,
+            )
+        data = os.pread(self._descriptor(), stop - start, start)
+        if len(data) != stop - start:
+            raise CorruptFileError(
+                f"read of bytes {start}-{stop} came back short ({len(data)} bytes): the file was truncated",
+                path=self.path, level=level, tile=tile,
+            )
+        return data
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])

@@ -1,0 +1,125 @@
+"""What a format tells the engine: levels, their tile grids, where each tile's bytes are, and how to decode them.
+
+Formats describe; they never decode. The planner and executors only see :class:`Level` and :class:`ImageSource`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """How one tile's bytes decode.
+
+    ``name`` is a key of :mod:`cucim_like.codecs` ("jpeg", "jpeg2000", "deflate", "lzw", "zstd", "webp",
+    "lzma", "packbits", "none"). ``colorspace`` names the colour of the samples as stored in the stream
+    ("RGB", "YCbCr", "gray", or None for the codec's default); the decoders always deliver RGB for 3 samples.
+    ``predictor`` is the TIFF predictor (1 none, 2 horizontal, 3 floating point); ``byteorder`` the order of
+    multi-byte samples inside uncompressed data ("<" or ">").
+    """
+
+    name: str
+    jpeg_tables: bytes | None = None
+    colorspace: str | None = None
+    predictor: int = 1
+    byteorder: str = "<"
+
+
+@dataclass(frozen=True, eq=False)
+class Level:
+    """One resolution level as an N-d tile grid.
+
+    shape: (z, y, x, c) in pixels; tile_shape: (tz, ty, tx); planes: 1 when every tile holds all c samples
+    (contiguous), c when each tile holds one sample (planar separate). ``offsets``/``bytecounts``/``file_ids``
+    are int64 arrays of shape (planes, gz, gy, gx): where each tile's bytes are (bytecount 0 = missing tile,
+    read as fill). Decoded tiles are arrays (tz, ty, tx, c // planes) of ``dtype`` (native byte order).
+    """
+
+    index: int
+    shape: tuple[int, int, int, int]
+    tile_shape: tuple[int, int, int]
+    dtype: np.dtype
+    downsample: float
+    codec: CodecSpec
+    offsets: np.ndarray
+    bytecounts: np.ndarray
+    planes: int = 1
+    file_ids: np.ndarray | None = None
+    _decoder: list = field(default_factory=list, repr=False)  # lazily resolved decoder, one slot
+
+    @property
+    def grid(self) -> tuple[int, int, int, int]:
+        """Tile counts (planes, gz, gy, gx)."""
+        z, y, x, _ = self.shape
+        tz, ty, tx = self.tile_shape
+        return (self.planes, -(-z // tz), -(-y // ty), -(-x // tx))
+
+    @property
+    def tile_samples(self) -> int:
+        """Samples held by one tile."""
+        return self.shape[3] // self.planes
+
+    @property
+    def decoded_tile_shape(self) -> tuple[int, int, int, int]:
+        """Shape (tz, ty, tx, samples) of one decoded tile."""
+        return (*self.tile_shape, self.tile_samples)
+
+    @property
+    def decoded_tile_nbytes(self) -> int:
+        return math.prod(self.decoded_tile_shape) * self.dtype.itemsize
+
+    @property
+    def width(self) -> int:
+        return self.shape[2]
+
+    @property
+    def height(self) -> int:
+        return self.shape[1]
+
+
+@dataclass
+class AssociatedImage:
+    """A small image beside the pyramid (label, macro, thumbnail), read through the same engine as one level."""
+
+    name: str
+    level: Level
+
+
+class ImageSource(ABC):
+    """An opened image file (or set of files): its levels, metadata and associated images.
+
+    Subclasses fill the attributes in ``__init__`` from headers only; pixels are read by the executors.
+    """
+
+    #: short name of the format family, e.g. "tiff"
+    format_name: str = ""
+    #: vendor or flavour, e.g. "aperio", "philips", "ome", "generic"
+    vendor: str = "generic"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.files: list[str] = [path]
+        self.levels: list[Level] = []
+        self.associated: dict[str, AssociatedImage] = {}
+        self.vendor_metadata: dict[str, Any] = {}
+        self.raw_metadata: str = ""
+        #: physical size of a level-0 pixel along (z, y, x) and its unit, or None when unknown
+        self.pixel_spacing: tuple[float, float, float] | None = None
+        self.spacing_unit: str = "micrometer"
+        self.channel_names: list[str] = []
+        #: value used for parts of a region outside the image and for missing tiles
+        self.default_fill: float = 0
+
+    @classmethod
+    @abstractmethod
+    def probe(cls, head: bytes) -> bool:
+        """True when the first bytes of a file look like this format."""
+
+    def close(self) -> None:  # noqa: B027 - most sources hold nothing open
+        """Release what the source holds (the executors own the file descriptors)."""

@@ -1,0 +1,240 @@
+"""The tiled TIFF family, parsed with tifffile: generic, pyramids (IFDs, SubIFDs), Aperio SVS, Philips,
+OME-TIFF, BigTIFF, striped images (strips are tiles). Describes tiles only; never decodes pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import CorruptFileError, UnsupportedFormatError
+from . import tiff_metadata as tm
+from .base import AssociatedImage, CodecSpec, ImageSource, Level
+
+_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+# TIFF Compression tag -> codec registry name
+_COMPRESSION = {
+    1: "none",
+    5: "lzw",
+    7: "jpeg",
+    8: "deflate",
+    32946: "deflate",
+    32773: "packbits",
+    33003: "jpeg2000",
+    33004: "jpeg2000",
+    33005: "jpeg2000",
+    34712: "jpeg2000",
+    34925: "lzma",
+    50000: "zstd",
+    50001: "webp",
+}
+_ASSOCIATED_NAMES = {"label", "macro", "thumbnail"}
+# A header may not declare more tiles than this per level (each tile needs an offset in the file anyway).
+_MAX_TILES = 1 << 31
+
+
+def _codec_for(page, byteorder: str) -> CodecSpec:
+    compression = int(page.compression)
+    photometric = int(page.photometric)
+    name = _COMPRESSION.get(compression, f"tiff-compression-{compression}")
+    colorspace = None
+    tables = None
+    if name == "jpeg":
+        tables = page.jpegtables or None
+        colorspace = "RGB" if photometric == 2 else ("YCbCr" if photometric == 6 else None)
+    elif name == "jpeg2000":
+        colorspace = "YCbCr" if compression == 33003 else None
+    elif photometric == 6:
+        # YCbCr samples outside JPEG (subsampled, interleaved): no decoder; fails clearly at read time
+        name = f"tiff-ycbcr-{name}"
+    return CodecSpec(
+        name=name,
+        jpeg_tables=bytes(tables) if tables is not None else None,
+        colorspace=colorspace,
+        predictor=int(page.predictor),
+        byteorder=byteorder,
+    )
+
+
+def level_from_page(page, index: int, byteorder: str, downsample: float, path: str) -> Level:
+    """A Level describing one TIFF page (IFD): its tiles, or its strips as full-width tiles."""
+    height, width = int(page.imagelength), int(page.imagewidth)
+    depth = int(page.imagedepth or 1)
+    samples = int(page.samplesperpixel)
+    bits = page.bitspersample
+    if bits not in (8, 16, 32, 64) or page.dtype is None:
+        raise UnsupportedFormatError(f"{bits}-bit samples are not supported", path=path, level=index)
+    if height <= 0 or width <= 0 or samples <= 0:
+        raise CorruptFileError(f"image size {width}x{height}x{samples} is not valid", path=path, level=index)
+    planes = samples if int(page.planarconfig) == 2 and samples > 1 else 1
+    # Stored grid from the tags as written (Philips pages are cropped by tifffile after the fact)
+    stored_w = int(page.tags.valueof(256, width))
+    stored_h = int(page.tags.valueof(257, height))
+    if page.is_tiled:
+        tile = (int(page.tiledepth or 1), int(page.tilelength), int(page.tilewidth))
+    else:
+        rows = int(page.rowsperstrip or stored_h)
+        tile = (1, max(1, min(rows, stored_h)), stored_w)
+        depth = 1
+    if min(tile) <= 0:
+        raise CorruptFileError(f"tile shape {tile} is not valid", path=path, level=index)
+    stored_grid = (planes, -(-depth // tile[0]), -(-stored_h // tile[1]), -(-stored_w // tile[2]))
+    if math.prod(stored_grid) > _MAX_TILES:
+        raise CorruptFileError(f"header declares {math.prod(stored_grid)} tiles", path=path, level=index)
+    offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+    counts = np.asarray(page.databytecounts, dtype=np.int64)
+    if offsets.size != math.prod(stored_grid) or counts.size != offsets.size:
+        raise CorruptFileError(
+            f"{offsets.size} tile offsets and {counts.size} byte counts for a grid of {stored_grid}",
+            path=path, level=index,
+        )
+    grid = (planes, -(-depth // tile[0]), -(-height // tile[1]), -(-width // tile[2]))
+    crop = tuple(slice(0, g) for g in grid)
+    offsets = np.ascontiguousarray(offsets.reshape(stored_grid)[crop])
+    counts = np.ascontiguousarray(counts.reshape(stored_grid)[crop])
+    return Level(
+        index=index,
+        shape=(depth, height, width, samples),
+        tile_shape=tile,
+        dtype=np.dtype(page.dtype).newbyteorder("="),
+        downsample=downsample,
+        codec=_codec_for(page, byteorder),
+        offsets=offsets,
+        bytecounts=counts,
+        planes=planes,
+    )
+
+
+class TiffSource(ImageSource):
+    """A TIFF file: levels from the first series' pyramid (SVS, Philips, OME SubIFDs) or from top-level
+    pages/SubIFDs of decreasing size (generic pyramids); label/macro/thumbnail as associated images."""
+
+    format_name = "tiff"
+
+    @classmethod
+    def probe(cls, head: bytes) -> bool:
+        return head[:4] in _MAGICS
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        import tifffile
+
+        try:
+            tf = tifffile.TiffFile(path)
+        except Exception as exc:  # tifffile raises many kinds on damaged headers
+            raise CorruptFileError(f"cannot parse the TIFF structure: {exc}", path=path) from exc
+        try:
+            with tf:
+                self._parse(tf)
+        except (CorruptFileError, UnsupportedFormatError):
+            raise
+        except Exception as exc:
+            raise CorruptFileError(f"cannot parse the TIFF structure: {exc}", path=path) from exc
+
+    # -- parsing ---------------------------------------------------------------------------------------------
+    def _parse(self, tf) -> None:
+        byteorder = tf.byteorder
+        if not len(tf.pages):
+            raise CorruptFileError("the TIFF has no image", path=self.path)
+        first = tf.pages.first
+        self.raw_metadata = first.description or ""
+        if tf.is_svs:
+            self.vendor = "aperio"
+        elif tf.is_philips:
+            self.vendor = "philips"
+        elif tf.is_ome:
+            self.vendor = "ome"
+        pages, associated = self._level_pages(tf)
+        if not pages:
+            raise UnsupportedFormatError("the TIFF has no image this reader can use", path=self.path)
+        h0, w0 = int(pages[0].imagelength), int(pages[0].imagewidth)
+        for i, page in enumerate(pages):
+            ds = (w0 / int(page.imagewidth) + h0 / int(page.imagelength)) / 2
+            self.levels.append(level_from_page(page, i, byteorder, ds, self.path))
+        for name, page in associated.items():
+            try:
+                self.associated[name] = AssociatedImage(name, level_from_page(page, 0, byteorder, 1.0, self.path))
+            except (CorruptFileError, UnsupportedFormatError):
+                continue  # a damaged label must not make the slide unreadable
+        self._metadata(tf, pages[0])
+
+    def _level_pages(self, tf) -> tuple[list, dict]:
+        series = tf.series
+        associated: dict = {}
+        for s in series[1:]:
+            name = (s.name or "").lower()
+            if name in _ASSOCIATED_NAMES and s.keyframe is not None:
+                associated[name] = s.keyframe
+        pages: list = []
+        if series:
+            pages = [lvl.keyframe for lvl in series[0].levels if lvl.keyframe is not None]
+        if len(pages) <= 1 and self.vendor == "generic":
+            pages = self._generic_pyramid(tf)
+        return pages, associated
+
+    @staticmethod
+    def _generic_pyramid(tf) -> list:
+        """Page 0 and its SubIFDs, else the following top-level pages, while they shrink and match in kind."""
+        base = tf.pages.first
+        candidates = []
+        if base.subifds:
+            for offset in base.subifds:
+                candidates.append(tf.pages._getitem_subifd(offset) if hasattr(tf.pages, "_getitem_subifd")
+                                  else None)
+        candidates = [c for c in candidates if c is not None]
+        if not candidates:
+            candidates = [tf.pages[i] for i in range(1, len(tf.pages))]
+        pages = [base]
+        for page in candidates:
+            prev = pages[-1]
+            if (
+                page.samplesperpixel == base.samplesperpixel
+                and page.dtype == base.dtype
+                and page.imagewidth < prev.imagewidth
+                and page.imagelength < prev.imagelength
+                and page.is_tiled == base.is_tiled
+            ):
+                pages.append(page)
+            else:
+                break
+        return pages
+
+    def _metadata(self, tf, page0) -> None:
+        samples = self.levels[0].shape[3]
+        self.channel_names = {1: ["I"], 2: ["I", "A"], 3: ["R", "G", "B"], 4: ["R", "G", "B", "A"]}.get(
+            samples, [f"C{i}" for i in range(samples)]
+        )
+        spacing_yx = None
+        if self.vendor == "aperio":
+            meta = tm.parse_aperio(self.raw_metadata)
+            self.vendor_metadata["aperio"] = meta
+            self.default_fill = 255
+            try:
+                mpp = float(meta["MPP"])
+                if mpp > 0:
+                    spacing_yx = (mpp, mpp)
+            except (KeyError, ValueError):
+                pass
+        elif self.vendor == "philips":
+            meta = tm.parse_philips(tf.philips_metadata or "")
+            self.vendor_metadata["philips"] = meta
+            self.default_fill = 255
+            spacings = meta.get("PixelSpacing")
+            if spacings and len(spacings[0]) == 2 and min(spacings[0]) > 0:
+                spacing_yx = (spacings[0][0] * 1000.0, spacings[0][1] * 1000.0)
+        elif self.vendor == "ome":
+            meta = tm.parse_ome(tf.ome_metadata or "")
+            self.vendor_metadata["ome"] = meta
+            y, x = tm.um_from_ome(meta, "Y"), tm.um_from_ome(meta, "X")
+            if y and x:
+                spacing_yx = (y, x)
+            names = meta.get("ChannelNames")
+            if names and len(names) == samples:
+                self.channel_names = list(names)
+        if spacing_yx is None:
+            spacing_yx = tm.um_from_resolution(page0)
+        if spacing_yx is not None:
+            self.pixel_spacing = (1.0, *spacing_yx)
+        self.vendor_metadata["tiff"] = tm.tiff_section(page0)

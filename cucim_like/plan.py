@@ -1,0 +1,162 @@
+"""Pure planning: a region of a level becomes tile jobs and fill boxes; tile byte ranges become coalesced reads.
+
+Everything here is plain data and arithmetic, with no I/O and no decoding, so it is shared by the CPU and CUDA
+executors and property-tested on its own. Boxes are per-axis (start, stop) pairs in (z, y, x, c) order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Box = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TileJob:
+    """Copy ``src`` of decoded tile ``tile`` (flat index into the level's tile table) to ``dst`` of the output."""
+
+    tile: int
+    src: Box
+    dst: Box
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one region read does: ``jobs`` copy tile parts, ``fills`` are output boxes outside the level."""
+
+    out_shape: tuple[int, int, int, int]
+    jobs: list[TileJob] = field(default_factory=list)
+    fills: list[Box] = field(default_factory=list)
+
+    def tiles(self) -> list[int]:
+        """Distinct tiles the plan needs, in first-use order."""
+        return list(dict.fromkeys(job.tile for job in self.jobs))
+
+
+def box_slices(box: Box) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in box)
+
+
+def _axis_spans(start: int, size: int, extent: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Along one axis: (tile index, start in tile, stop in tile, start in output) for the in-bounds part."""
+    lo, hi = max(start, 0), min(start + size, extent)
+    spans = []
+    t = lo // tile if hi > lo else 0
+    pos = lo
+    while pos < hi:
+        t = pos // tile
+        stop = min(hi, (t + 1) * tile)
+        spans.append((t, pos - t * tile, stop - t * tile, pos - start))
+        pos = stop
+    return spans
+
+
+def plan_region(
+    level_shape: Sequence[int],
+    tile_shape: Sequence[int],
+    planes: int,
+    start: Sequence[int],
+    size: Sequence[int],
+) -> Plan:
+    """Plan reading ``size`` (d, h, w) voxels at ``start`` (z, y, x) of a level, all channels.
+
+    level_shape: (z, y, x, c); tile_shape: (tz, ty, tx); planes: 1 (contiguous samples) or c (one tile per
+    sample). The output is (d, h, w, c). Parts of the region outside the level become ``fills``.
+    """
+    extent = tuple(int(v) for v in level_shape[:3])
+    channels = int(level_shape[3])
+    start = tuple(int(v) for v in start)
+    size = tuple(int(v) for v in size)
+    plan = Plan(out_shape=(*size, channels))
+    grid = [-(-e // t) for e, t in zip(extent, tile_shape, strict=True)]
+    zs, ys, xs = (_axis_spans(start[i], size[i], extent[i], int(tile_shape[i])) for i in range(3))
+    per_plane = channels // planes
+    for p in range(planes):
+        c_box = (p * per_plane, (p + 1) * per_plane) if planes > 1 else (0, channels)
+        src_c = (0, per_plane)
+        for tz, z0, z1, oz in zs:
+            for ty, y0, y1, oy in ys:
+                row = ((p * grid[0] + tz) * grid[1] + ty) * grid[2]
+                for tx, x0, x1, ox in xs:
+                    plan.jobs.append(
+                        TileJob(
+                            tile=row + tx,
+                            src=((z0, z1), (y0, y1), (x0, x1), src_c),
+                            dst=((oz, oz + z1 - z0), (oy, oy + y1 - y0), (ox, ox + x1 - x0), c_box),
+                        )
+                    )
+    plan.fills = _outside_boxes(start, size, extent, channels)
+    return plan
+
+
+def _outside_boxes(start: tuple[int, ...], size: tuple[int, ...], extent: tuple[int, ...], channels: int) -> list[Box]:
+    """Disjoint boxes covering the part of the output (d, h, w, c) that lies outside the level."""
+    inside = []
+    for s, n, e in zip(start, size, extent, strict=True):
+        lo = min(max(0, -s), n)
+        hi = max(min(n, e - s), lo)
+        inside.append((lo, hi))
+    boxes: list[Box] = []
+    # Peel slabs axis by axis: before/after the inside range on this axis, full range on later axes,
+    # the inside range on earlier axes.
+    for axis in range(3):
+        lo, hi = inside[axis]
+        for a, b in ((0, lo), (hi, size[axis])):
+            if b > a:
+                box = [inside[i] if i < axis else (0, size[i]) for i in range(3)]
+                box[axis] = (a, b)
+                boxes.append((*box, (0, channels)))
+        if hi <= lo:  # nothing inside: the slabs above already cover everything
+            break
+    return [b for b in boxes if all(hi > lo for lo, hi in b)]
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """One read: bytes [start, stop) of file ``file_id``, holding the listed tiles (flat indices)."""
+
+    file_id: int
+    start: int
+    stop: int
+    tiles: tuple[int, ...]
+
+
+def coalesce_ranges(
+    tiles: Sequence[int],
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    file_ids: np.ndarray | None = None,
+    *,
+    max_gap: int = 64 * 1024,
+    max_size: int = 4 * 1024 * 1024,
+) -> list[ByteRange]:
+    """Sort tiles by (file, offset) and merge neighbours into reads.
+
+    Two tiles share a read when the gap between them is at most ``max_gap`` bytes and the read stays within
+    ``max_size`` bytes (a single larger tile gets a read of its own). ``offsets``/``lengths``/``file_ids`` are
+    flat arrays indexed by tile.
+    """
+    if not len(tiles):
+        return []
+    t = np.asarray(tiles, dtype=np.int64)
+    off = offsets[t]
+    ln = lengths[t]
+    fid = file_ids[t] if file_ids is not None else np.zeros_like(off)
+    order = np.lexsort((off, fid))
+    ranges: list[ByteRange] = []
+    cur_f = cur_s = cur_e = -1
+    members: list[int] = []
+    for i in order.tolist():
+        f, s, e = int(fid[i]), int(off[i]), int(off[i] + ln[i])
+        if members and f == cur_f and s - cur_e <= max_gap and max(e, cur_e) - cur_s <= max_size:
+            cur_e = max(cur_e, e)
+            members.append(int(t[i]))
+            continue
+        if members:
+            ranges.append(ByteRange(cur_f, cur_s, cur_e, tuple(members)))
+        cur_f, cur_s, cur_e, members = f, s, e, [int(t[i])]
+    ranges.append(ByteRange(cur_f, cur_s, cur_e, tuple(members)))
+    return ranges
