@@ -38,7 +38,7 @@ class RawDecoder(Decoder):
         elif spec.predictor == 3:
             self._unpredict = imagecodecs_function("floatpred", "floatpred_decode")
         self._swap = self.dtype.itemsize > 1 and spec.byteorder != _NATIVE
-        tz, ty, tx, cs = tile_shape
+        _tz, _ty, tx, cs = tile_shape
         self._row_bytes = tx * cs * self.dtype.itemsize
 
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, wait
 
 import numpy as np
 
@@ -81,7 +80,7 @@ class _Read:
 
     def place(self, tile_arr: np.ndarray, jobs: list[TileJob], tile: int) -> None:
         for job in jobs:
-            (z0, z1), (y0, y1) = job.src[0], job.src[1]
+            (_z0, z1), (_y0, y1) = job.src[0], job.src[1]
             if tile_arr.shape[0] < z1 or tile_arr.shape[1] < y1:
                 raise DecodeError(
                     f"tile holds {tile_arr.shape[1]} rows, {y1} are needed",
@@ -209,8 +208,10 @@ def execute(
 def _run_all(pool, calls: list[tuple[Callable, tuple]], workers: int, progress: Progress | None,
              count: Callable[[object], int]) -> None:
     """Run calls on the pool with at most ``2 x workers`` in flight; on error, let running ones finish, raise."""
+    from concurrent.futures import FIRST_EXCEPTION, wait
+
     window = 2 * workers
-    pending: set[Future] = set()
+    pending: set = set()
     it = iter(calls)
     error: BaseException | None = None
     exhausted = False

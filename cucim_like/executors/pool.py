@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _lock = threading.Lock()
@@ -17,6 +20,8 @@ def thread_pool(workers: int) -> ThreadPoolExecutor:
         with _lock:
             pool = _pools.get(workers)
             if pool is None:
+                from concurrent.futures import ThreadPoolExecutor  # imported on first use: keeps import fast
+
                 pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cucim_like-{workers}")
                 _pools[workers] = pool
     return pool
