@@ -28,7 +28,9 @@ class TileCache:
         if memory_capacity < 0 or (capacity is not None and capacity < 0):
             raise InvalidArgumentError("cache capacities must not be negative")
         self.memory_capacity = int(memory_capacity * MiB)
-        self.capacity = int(capacity) if capacity is not None else max(1, self.memory_capacity // (64 * 1024))
+        # Without an explicit tile count, only bytes bound the cache; ``capacity`` then reports an estimate
+        # in 256² RGB tiles, as cuCIM does.
+        self._item_limit = int(capacity) if capacity is not None else None
         self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -48,6 +50,13 @@ class TileCache:
         return self._bytes
 
     @property
+    def capacity(self) -> int:
+        """Tiles the cache may hold (an estimate in 256² RGB tiles when only bytes were configured)."""
+        if self._item_limit is not None:
+            return self._item_limit
+        return self.memory_capacity // (256 * 256 * 3)
+
+    @property
     def free_memory(self) -> int:
         return max(0, self.memory_capacity - self._bytes)
 
@@ -61,8 +70,8 @@ class TileCache:
         """Grow (never shrink) the capacity, in MiB / tiles."""
         with self._lock:
             self.memory_capacity = max(self.memory_capacity, int(memory_capacity * MiB))
-            if capacity is not None:
-                self.capacity = max(self.capacity, int(capacity))
+            if capacity is not None and self._item_limit is not None:
+                self._item_limit = max(self._item_limit, int(capacity))
 
     def clear(self) -> None:
         with self._lock:
@@ -94,7 +103,7 @@ class TileCache:
 
     def put(self, key: Hashable, arr: np.ndarray) -> None:
         nbytes = arr.nbytes
-        if nbytes > self.memory_capacity or self.capacity == 0:
+        if nbytes > self.memory_capacity or self._item_limit == 0:
             return
         arr.flags.writeable = False
         with self._lock:
@@ -103,7 +112,8 @@ class TileCache:
                 self._bytes -= old.nbytes
             self._items[key] = arr
             self._bytes += nbytes
-            while self._bytes > self.memory_capacity or len(self._items) > self.capacity:
+            limit = self._item_limit
+            while self._bytes > self.memory_capacity or (limit is not None and len(self._items) > limit):
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
 
