@@ -33,6 +33,9 @@ _COMPRESSION = {
 _ASSOCIATED_NAMES = {"label", "macro", "thumbnail"}
 # A header may not declare more tiles than this per level (each tile needs an offset in the file anyway).
 _MAX_TILES = 1 << 31
+# Nor tiles (or strips) that decode to more bytes than this: every read allocates at least one decoded tile,
+# so a damaged TileWidth/RowsPerStrip must not size that buffer (4096 x 4096 x 4 float32 samples fit).
+_MAX_TILE_BYTES = 1 << 28
 
 
 def _codec_for(page, byteorder: str) -> CodecSpec:
@@ -80,6 +83,13 @@ def level_from_page(page, index: int, byteorder: str, downsample: float, path: s
         depth = 1
     if min(tile) <= 0:
         raise CorruptFileError(f"tile shape {tile} is not valid", path=path, level=index)
+    tile_bytes = math.prod(tile) * (samples // planes) * np.dtype(page.dtype).itemsize
+    if tile_bytes > _MAX_TILE_BYTES:
+        raise CorruptFileError(
+            f"tile shape {tile} x {samples // planes} samples decodes to {tile_bytes} bytes, more than the "
+            f"{_MAX_TILE_BYTES} this reader allows per tile or strip",
+            path=path, level=index,
+        )
     stored_grid = (planes, -(-depth // tile[0]), -(-stored_h // tile[1]), -(-stored_w // tile[2]))
     if math.prod(stored_grid) > _MAX_TILES:
         raise CorruptFileError(f"header declares {math.prod(stored_grid)} tiles", path=path, level=index)
