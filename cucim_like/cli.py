@@ -67,7 +67,7 @@ def cmd_info(ns: argparse.Namespace) -> int:
         print(f"channels:    {', '.join(img.channel_names)}")
         print("levels:")
         for lv in img.levels:
-            planes, gz, gy, gx = lv.grid
+            planes, _gz, gy, gx = lv.grid
             codec = lv.codec.name + (f" ({lv.codec.colorspace})" if lv.codec.colorspace else "")
             if lv.codec.predictor != 1:
                 codec += f" predictor {lv.codec.predictor}"

@@ -89,7 +89,8 @@ def write_sample_slide(path: str | os.PathLike, width: int = DEFAULT_SIZE[0], he
     macro = np.full((431, 1280, 3), 230, np.uint8)
     macro[:, 300:1280] = _downsample(level0, max(1, width // 980))[:431, :980] if width >= 980 else 200
     mpp, mag = 0.499, 20
-    header = f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] ({_TILE}x{_TILE}) JPEG/RGB Q=90"
+    header = (f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] ({_TILE}x{_TILE}) "
+              "JPEG/RGB Q=90")
     fields = f"|AppMag = {mag}|MPP = {mpp}|ScanScope ID = SYNTHETIC|Filename = sample|Title = cucim_like sample"
     tmp = path.with_suffix(path.suffix + ".part")
     jpeg = {"compression": "jpeg", "compressionargs": {"level": 90}, "photometric": "rgb"}

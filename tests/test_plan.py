@@ -64,7 +64,7 @@ def test_jobs_copy_the_right_voxels(case):
     expected = np.full(plan.out_shape, -1, np.int64)
     lo = [max(0, -s) for s in start]
     hi = [min(n, e - s) for s, n, e in zip(start, size, (z, y, x), strict=True)]
-    if all(h > l for l, h in zip(lo, hi, strict=True)):
+    if all(b > a for a, b in zip(lo, hi, strict=True)):
         expected[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = volume[
             start[0] + lo[0]:start[0] + hi[0], start[1] + lo[1]:start[1] + hi[1], start[2] + lo[2]:start[2] + hi[2]
         ]
