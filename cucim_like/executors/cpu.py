@@ -1,9 +1,9 @@
 """The CPU executor, the reference one: positional reads, a thread pool decoding with imagecodecs, placement.
 
 Tiles a plan needs are looked up in the tile cache; the rest are sorted by file offset and coalesced into
-reads. Large requests run one task per coalesced read (read + decode + place), at most ``2 x workers`` in
-flight, so memory stays bounded; small requests read inline and decode each tile as its own task so the
-cores share even a four-tile region. Decoding and copying release the GIL.
+reads. Large requests make one work item per coalesced read (read + decode + place), one in flight per thread,
+so memory stays bounded; small requests read inline and make each tile its own item, so the cores share even a
+four-tile region. The calling thread works too. Decoding and copying release the GIL.
 """
 
 from __future__ import annotations
@@ -183,59 +183,61 @@ def execute(
     max_size = int(min(4 << 20, max(256 << 10, total // (4 * workers))))
     ranges = coalesce_ranges(todo, state.offsets, state.lengths, state.file_ids, max_size=max_size)
 
-    if workers == 1:
-        for rng in ranges:
-            done = state.run_range(rng, jobs_by_tile)
-            if progress is not None:
-                progress(done)
-        return out
-
-    pool = thread_pool(workers)
     if len(todo) <= _SMALL_REQUEST_TILES and len(ranges) < 2 * workers:
-        # Few reads: fetch inline, then decode every tile as its own task.
-        calls: list[tuple[Callable, tuple]] = []
+        # Few reads: fetch inline, then decode every tile as its own work item.
+        items: list[tuple] = []
         for rng in ranges:
             buf = state.read_range(rng)
-            for tile in rng.tiles:
-                calls.append((state.decode_place, (tile, state.tile_bytes(rng, buf, tile), jobs_by_tile[tile])))
-        _run_all(pool, calls, workers, progress, lambda _: 1)
+            items.extend((tile, state.tile_bytes(rng, buf, tile)) for tile in rng.tiles)
+
+        def decode_one(item: tuple) -> int:
+            tile, data = item
+            state.decode_place(tile, data, jobs_by_tile[tile])
+            return 1
+
+        parallel_for(items, decode_one, workers, progress)
     else:
-        calls = [(state.run_range, (rng, jobs_by_tile)) for rng in ranges]
-        _run_all(pool, calls, workers, progress, lambda n: n)
+        parallel_for(ranges, lambda rng: state.run_range(rng, jobs_by_tile), workers, progress)
     return out
 
 
-def _run_all(pool, calls: list[tuple[Callable, tuple]], workers: int, progress: Progress | None,
-             count: Callable[[object], int]) -> None:
-    """Run calls on the pool with at most ``2 x workers`` in flight; on error, let running ones finish, raise."""
-    from concurrent.futures import FIRST_EXCEPTION, wait
+def parallel_for(items: Sequence, fn: Callable[[object], int], workers: int, progress: Progress | None) -> None:
+    """Call ``fn`` on every item with ``workers`` threads: the caller plus ``workers - 1`` pool threads, all
+    taking the next item from a shared cursor (one item in flight per thread bounds memory). ``fn`` returns
+    the tiles it finished, passed to ``progress`` from the thread that did them. The first error stops the
+    remaining items; it is raised once every thread has returned, so nothing writes to the output after."""
+    lock = threading.Lock()
+    cursor = iter(items)
+    errors: list[BaseException] = []
 
-    window = 2 * workers
-    pending: set = set()
-    it = iter(calls)
-    error: BaseException | None = None
-    exhausted = False
-    while True:
-        while not exhausted and error is None and len(pending) < window:
-            nxt = next(it, None)
-            if nxt is None:
-                exhausted = True
-                break
-            fn, args = nxt
-            pending.add(pool.submit(fn, *args))
-        if not pending:
-            break
-        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-        for fut in done:
-            exc = fut.exception()
-            if exc is not None:
-                error = error or exc
-            elif progress is not None:
-                progress(count(fut.result()))
-        if error is not None:
-            for fut in pending:
-                fut.cancel()
-            wait(pending)
-            pending = set()
-    if error is not None:
-        raise error
+    def work() -> None:
+        while True:
+            with lock:
+                if errors:
+                    return
+                item = next(cursor, _DONE)
+            if item is _DONE:
+                return
+            try:
+                done = fn(item)
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+                return
+            if progress is not None:
+                progress(done)
+
+    helpers = min(workers, len(items)) - 1
+    pool = thread_pool(helpers) if helpers > 0 else None
+    futures = [pool.submit(work) for _ in range(helpers)] if pool is not None else []
+    try:
+        work()
+    finally:
+        for fut in futures:
+            if not fut.cancel():  # a helper that never started has nothing left to do
+                fut.result()
+    if errors:
+        raise errors[0]
+
+
+_DONE = object()

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..codecs import available_codecs
 from ..errors import CorruptFileError, UnsupportedFormatError
 from . import tiff_metadata as tm
 from .base import AssociatedImage, CodecSpec, ImageSource, Level
@@ -71,6 +72,15 @@ def level_from_page(page, index: int, byteorder: str, downsample: float, path: s
         raise UnsupportedFormatError(f"{bits}-bit samples are not supported", path=path, level=index)
     if height <= 0 or width <= 0 or samples <= 0:
         raise CorruptFileError(f"image size {width}x{height}x{samples} is not valid", path=path, level=index)
+    bits_tag = page.tags.get(258)  # BitsPerSample holds one value per sample (or one for all)
+    if bits_tag is not None and bits_tag.count not in (1, samples):
+        raise CorruptFileError(
+            f"SamplesPerPixel is {samples} but BitsPerSample has {bits_tag.count} values", path=path, level=index
+        )
+    compression = int(page.compression)
+    if compression not in _COMPRESSION and f"tiff-compression-{compression}" not in available_codecs():
+        # no reader knows this tag value: refuse at open, as OpenSlide and cuCIM do
+        raise UnsupportedFormatError(f"TIFF compression {compression} is not supported", path=path, level=index)
     planes = samples if int(page.planarconfig) == 2 and samples > 1 else 1
     # Stored grid from the tags as written (Philips pages are cropped by tifffile after the fact)
     stored_w = int(page.tags.valueof(256, width))
@@ -180,8 +190,12 @@ class TiffSource(ImageSource):
         pages: list = []
         if series:
             pages = [lvl.keyframe for lvl in series[0].levels if lvl.keyframe is not None]
-        if len(pages) <= 1 and self.vendor == "generic":
-            pages = self._generic_pyramid(tf)
+        if self.vendor == "generic":
+            # tifffile pyramidizes only constant factors (2, 3, 4) between levels; generic TIFF (OpenSlide's
+            # generic-tiff) takes every shrinking level
+            generic = self._generic_pyramid(tf)
+            if len(generic) > len(pages):
+                pages = generic
         return pages, associated
 
     @staticmethod
@@ -190,10 +204,14 @@ class TiffSource(ImageSource):
         base = tf.pages.first
         candidates = []
         if base.subifds:
-            for offset in base.subifds:
-                candidates.append(tf.pages._getitem_subifd(offset) if hasattr(tf.pages, "_getitem_subifd")
-                                  else None)
-        candidates = [c for c in candidates if c is not None]
+            import tifffile
+
+            for i, offset in enumerate(base.subifds):
+                try:  # as tifffile's own generic series reads SubIFDs
+                    tf.filehandle.seek(offset)
+                    candidates.append(tifffile.TiffPage(tf, (base.index, i)))
+                except Exception:
+                    break
         if not candidates:
             candidates = [tf.pages[i] for i in range(1, len(tf.pages))]
         pages = [base]
