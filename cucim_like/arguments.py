@@ -66,3 +66,45 @@ def check_output_bytes(nbytes: int, what: str) -> None:
         limit = 1 << 46
     if nbytes > limit:
         raise InvalidArgumentError(f"{what} would need {nbytes / 2**30:.1f} GiB, more than this machine's memory")
+
+
+def parse_locations(location: object, nd: int) -> tuple[np.ndarray, bool]:
+    """Locations as an int64 array (N, nd) and whether a single location was given flat, e.g. (x, y).
+
+    Accepts sequences, NumPy integer arrays of any integer dtype (flat or N x nd) and iterables such as
+    generators; a flat sequence of N * nd integers is read as N locations.
+    """
+    if isinstance(location, np.ndarray):
+        if location.dtype.kind not in "iu":
+            raise InvalidArgumentError(f"locations must hold integers, got an array of {location.dtype}")
+        arr = location
+    else:
+        if isinstance(location, str | bytes):
+            raise InvalidArgumentError(f"location must be integers, got {location!r}")
+        try:
+            items = list(location)  # type: ignore[call-overload]
+        except TypeError:
+            raise InvalidArgumentError(f"location must be a sequence of integers, got {location!r}") from None
+        if not items:
+            raise InvalidArgumentError("locations are empty")
+        if all(isinstance(v, numbers.Integral | np.integer) and not isinstance(v, bool | np.bool_) for v in items):
+            arr = np.array([operator.index(v) for v in items], dtype=np.int64)
+        else:
+            rows = []
+            for v in items:
+                row = int_tuple(v, nd, "each location")
+                rows.append(row)
+            arr = np.array(rows, dtype=np.int64).reshape(-1, nd)
+    if arr.size == 0:
+        raise InvalidArgumentError("locations are empty")
+    if arr.ndim == 1:
+        if arr.size == nd:
+            return arr.astype(np.int64).reshape(1, nd), True
+        if arr.size % nd:
+            raise InvalidArgumentError(f"{arr.size} values cannot be read as locations of {nd} integers")
+        return arr.astype(np.int64).reshape(-1, nd), False
+    if arr.ndim != 2 or arr.shape[1] != nd:
+        raise InvalidArgumentError(f"locations must have shape (N, {nd}), got {arr.shape}")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and (arr > np.iinfo(np.int64).max).any():
+        raise InvalidArgumentError("locations do not fit 64-bit integers")
+    return arr.astype(np.int64), False

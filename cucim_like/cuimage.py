@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import arguments as args
+from .batch import BatchIterator, check_batch_arguments
 from .cache import TileCache, configure_cache, current_cache
 from .errors import DeviceUnavailableError, InvalidArgumentError, UnknownAssociatedImageError
 from .executors import cpu
@@ -18,7 +19,7 @@ from .executors.pool import default_workers
 from .fileio import FileReader
 from .formats import open_source
 from .formats.base import ImageSource, Level
-from .plan import plan_region
+from .plan import plan_batch, plan_region
 
 
 class CuImage:
@@ -191,18 +192,28 @@ class CuImage:
         size: Any = None,
         level: int = 0,
         device: str = "cpu",
-        num_workers: int = 0,
         buf: np.ndarray | None = None,
-        fill: float | None = None,
+        shm_name: str | None = None,
+        num_workers: int = 0,
+        batch_size: int = 1,
+        drop_last: bool = False,
+        prefetch_factor: int = 2,
+        shuffle: bool = False,
+        seed: int = 0,
         *,
+        fill: float | None = None,
         progress: Callable[[int], None] | None = None,
-    ) -> np.ndarray:
+    ) -> np.ndarray | BatchIterator:
         """Read ``size`` (w, h) pixels at ``location`` (x, y, level-0 coordinates) of ``level``.
 
-        With neither location nor size: the whole level. Returns a NumPy array (h, w, c) of the image's dtype
-        (written into ``buf`` when given). Parts outside the level are ``fill`` (default 255 for brightfield
-        vendor slides, 0 otherwise). ``num_workers``: decode threads, 0 = one per CPU. ``progress`` is called
-        with the number of tiles finished as they finish.
+        One location: a NumPy array (h, w, c) of the image's dtype (written into ``buf`` when given). With
+        neither location nor size: the whole level. Several locations (any iterable of (x, y), NumPy arrays
+        flat or N x 2) or ``batch_size`` > 1: a :class:`~cucim_like.batch.BatchIterator` of (B, h, w, c)
+        arrays, ``prefetch_factor`` batches decoded ahead, in a seeded random order with ``shuffle``.
+        Parts outside the level are ``fill`` (default 255 for brightfield vendor slides, 0 otherwise).
+        ``num_workers``: decode threads, 0 = one per CPU. ``progress`` is called with the number of tiles
+        finished as they finish (possibly from worker threads). ``shm_name`` is accepted for cuCIM
+        compatibility and ignored.
         """
         self._check_open()
         if str(device).lower() != "cpu":
@@ -210,29 +221,62 @@ class CuImage:
                 f"device {device!r} is not available: this build of cucim_like reads on the CPU only",
                 path=self._path,
             )
-        lvl_index = args.check_level(level, len(self._source.levels))
-        lvl = self._source.levels[lvl_index]
+        lvl = self._source.levels[args.check_level(level, len(self._source.levels))]
         workers = args.check_workers(num_workers) or default_workers()
         nd = 3 if self.is_volume else 2
+        fill_value = self._source.default_fill if fill is None else fill
         if location is None and size is None:
-            start = (0, 0, 0)
-            extent = lvl.shape[:3]
-        else:
-            if location is None or size is None:
-                raise InvalidArgumentError("give both location and size, or neither for the whole level")
-            loc = args.int_tuple(location, nd, "location")
-            sz = args.check_size(args.int_tuple(size, nd, "size"))
-            ds = lvl.downsample
-            x, y = math.floor(loc[0] / ds), math.floor(loc[1] / ds)
-            z = loc[2] if nd == 3 else 0
-            start = (z, y, x)
-            extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
+            return self._read(lvl, (0, 0, 0), lvl.shape[:3], buf, fill_value, workers, progress)
+        if location is None or size is None:
+            raise InvalidArgumentError("give both location and size, or neither for the whole level")
+        sz = args.check_size(args.int_tuple(size, nd, "size"))
+        extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
+        locations, single = args.parse_locations(location, nd)
+        b, prefetch = check_batch_arguments(batch_size, prefetch_factor)
+        starts = self._level_starts(locations, lvl)
+        if single or (len(starts) == 1 and b == 1):
+            return self._read(lvl, tuple(starts[0].tolist()), extent, buf, fill_value, workers, progress)
+        if any(e > s for e, s in zip(extent, lvl.shape[:3], strict=True)):
+            raise InvalidArgumentError(f"patch size {tuple(sz)} is larger than level {lvl.index} "
+                                       f"({lvl.width} x {lvl.height})", path=self._path)
+        if buf is not None:
+            want = (b, *(extent if nd == 3 else extent[1:]), lvl.shape[3])
+            if (not isinstance(buf, np.ndarray) or buf.shape != want or buf.dtype != lvl.dtype
+                    or not buf.flags.c_contiguous or not buf.flags.writeable):
+                raise InvalidArgumentError(f"buf must be a writable C-contiguous array of shape {want} and dtype "
+                                           f"{lvl.dtype}, got {getattr(buf, 'shape', None)}")
+
+        def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | None, cancel) -> np.ndarray:
+            plan = plan_batch(lvl.shape, lvl.tile_shape, lvl.planes, batch_starts.tolist(), extent)
+            n = len(batch_starts)
+            out = out_buf[:n].reshape(plan.out_shape) if out_buf is not None else np.empty(plan.out_shape, lvl.dtype)
+            cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
+                        fill=fill_value, workers=workers, cache=current_cache(), progress=progress, cancel=cancel)
+            shape = (n, *extent, lvl.shape[3]) if nd == 3 else (n, *extent[1:], lvl.shape[3])
+            return out.reshape(shape)
+
+        return BatchIterator(starts, b, bool(drop_last), prefetch, bool(shuffle), args.as_int(seed, "seed"),
+                             run_batch, buf)
+
+    def _level_starts(self, locations: np.ndarray, lvl: Level) -> np.ndarray:
+        """Level-0 (x, y[, z]) locations -> (z, y, x) starts in ``lvl``'s pixels, int64 (N, 3)."""
+        starts = np.zeros((len(locations), 3), np.int64)
+        xy = locations[:, :2]
+        if lvl.downsample != 1:
+            xy = np.floor(xy / lvl.downsample).astype(np.int64)
+        starts[:, 2], starts[:, 1] = xy[:, 0], xy[:, 1]
+        if locations.shape[1] == 3:
+            starts[:, 0] = locations[:, 2]
+        return starts
+
+    def _read(self, lvl: Level, start: tuple[int, ...], extent: tuple[int, ...], buf: np.ndarray | None,
+              fill: float, workers: int, progress: Callable[[int], None] | None) -> np.ndarray:
+        nd = 3 if self.is_volume else 2
         out_shape = (*extent, lvl.shape[3])
         out = self._output(out_shape, lvl.dtype, buf, nd)
-        fill_value = self._source.default_fill if fill is None else fill
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
         cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
-                    fill=fill_value, workers=workers, cache=current_cache(), progress=progress)
+                    fill=fill, workers=workers, cache=current_cache(), progress=progress)
         return out if nd == 3 else out[0]
 
     def _output(self, shape: tuple[int, ...], dtype: np.dtype, buf: np.ndarray | None, nd: int) -> np.ndarray:

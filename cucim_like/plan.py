@@ -160,3 +160,27 @@ def coalesce_ranges(
         cur_f, cur_s, cur_e, members = f, s, e, [int(t[i])]
     ranges.append(ByteRange(cur_f, cur_s, cur_e, tuple(members)))
     return ranges
+
+
+def plan_batch(
+    level_shape: Sequence[int],
+    tile_shape: Sequence[int],
+    planes: int,
+    starts: Sequence[Sequence[int]],
+    size: Sequence[int],
+) -> Plan:
+    """Plan a batch of same-size regions as one output (b * d, h, w, c): region i fills z rows
+    [i * d, (i + 1) * d). A tile used by several regions appears in several jobs and is decoded once by the
+    executors, which group jobs by tile."""
+    size = tuple(int(v) for v in size)
+    d = size[0]
+    batch = Plan(out_shape=(len(starts) * d, size[1], size[2], int(level_shape[3])))
+    for i, start in enumerate(starts):
+        one = plan_region(level_shape, tile_shape, planes, start, size)
+        dz = i * d
+        for job in one.jobs:
+            (z0, z1), *rest = job.dst
+            batch.jobs.append(TileJob(job.tile, job.src, ((z0 + dz, z1 + dz), *rest)))
+        for (z0, z1), *rest in one.fills:
+            batch.fills.append(((z0 + dz, z1 + dz), *rest))
+    return batch

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cucim_like.plan import coalesce_ranges, plan_region
+from cucim_like.plan import coalesce_ranges, plan_batch, plan_region
 
 
 @st.composite
@@ -117,3 +117,25 @@ def test_coalesce_keeps_files_apart():
     lengths = np.array([100, 100], np.int64)
     ranges = coalesce_ranges([0, 1], offsets, lengths, np.array([0, 1]), max_gap=10)
     assert [(r.file_id, r.tiles) for r in ranges] == [(0, (0,)), (1, (1,))]
+
+
+@settings(max_examples=100, deadline=None)
+@given(regions(), st.lists(st.tuples(st.integers(-20, 60), st.integers(-20, 60), st.integers(-20, 60)),
+                           min_size=1, max_size=6))
+def test_batch_plan_stacks_regions_and_covers_once(case, more):
+    shape, tile, planes, start, size = case
+    starts = [start, *more]
+    batch = plan_batch(shape, tile, planes, starts, size)
+    assert batch.out_shape == (len(starts) * size[0], size[1], size[2], shape[3])
+    assert (_paint(batch) == 1).all()
+    for i, s in enumerate(starts):  # region i's jobs equal a single-region plan shifted by i * d in z
+        single = plan_region(shape, tile, planes, s, size)
+        d = size[0]
+        mine = [j for j in batch.jobs if i * d <= j.dst[0][0] < (i + 1) * d]
+        assert [(j.tile, j.src) for j in mine] == [(j.tile, j.src) for j in single.jobs]
+
+
+def test_batch_shares_tiles_between_regions():
+    batch = plan_batch((1, 100, 100, 3), (1, 64, 64), 1, [(0, 0, 0), (0, 10, 10), (0, 5, 20)], (1, 20, 20))
+    assert batch.tiles() == [0]
+    assert len(batch.jobs) == 3

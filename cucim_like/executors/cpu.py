@@ -149,8 +149,12 @@ def execute(
     workers: int,
     cache: TileCache | None,
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> np.ndarray:
-    """Run ``plan`` on the CPU into ``out`` (shape ``plan.out_shape``, the level's dtype); returns ``out``."""
+    """Run ``plan`` on the CPU into ``out`` (shape ``plan.out_shape``, the level's dtype); returns ``out``.
+
+    When ``cancel`` is set, remaining tiles are skipped (the output is then incomplete; the caller knows).
+    """
     for box in plan.fills:
         out[box_slices(box)] = fill
     jobs_by_tile: dict[int, list[TileJob]] = defaultdict(list)
@@ -195,13 +199,14 @@ def execute(
             state.decode_place(tile, data, jobs_by_tile[tile])
             return 1
 
-        parallel_for(items, decode_one, workers, progress)
+        parallel_for(items, decode_one, workers, progress, cancel)
     else:
-        parallel_for(ranges, lambda rng: state.run_range(rng, jobs_by_tile), workers, progress)
+        parallel_for(ranges, lambda rng: state.run_range(rng, jobs_by_tile), workers, progress, cancel)
     return out
 
 
-def parallel_for(items: Sequence, fn: Callable[[object], int], workers: int, progress: Progress | None) -> None:
+def parallel_for(items: Sequence, fn: Callable[[object], int], workers: int, progress: Progress | None,
+                 cancel: threading.Event | None = None) -> None:
     """Call ``fn`` on every item with ``workers`` threads: the caller plus ``workers - 1`` pool threads, all
     taking the next item from a shared cursor (one item in flight per thread bounds memory). ``fn`` returns
     the tiles it finished, passed to ``progress`` from the thread that did them. The first error stops the
@@ -213,7 +218,7 @@ def parallel_for(items: Sequence, fn: Callable[[object], int], workers: int, pro
     def work() -> None:
         while True:
             with lock:
-                if errors:
+                if errors or (cancel is not None and cancel.is_set()):
                     return
                 item = next(cursor, _DONE)
             if item is _DONE:

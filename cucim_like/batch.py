@@ -1,0 +1,133 @@
+"""Batched patch reading: an iterator of (B, H, W, C) arrays with bounded prefetch.
+
+Each batch is one plan (regions stacked along z, see :func:`cucim_like.plan.plan_batch`), so a tile shared by
+patches of a batch is read and decoded once. At most ``prefetch_factor`` batches are decoded ahead of the
+consumer; abandoning the iterator (``break``, ``del``, garbage collection, an exception) cancels the queued
+batches and stops the running one between tiles.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+from .executors.pool import thread_pool
+
+# Batches run on a small shared pool of producer threads (each batch then fans its tiles out to the decode
+# pool): iterators own no threads, so none can leak.
+_PRODUCERS = 2
+
+RunBatch = Callable[[np.ndarray, np.ndarray | None, threading.Event], np.ndarray]
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class BatchIterator:
+    """Iterates over batches of patches; ``len()`` is the number of batches.
+
+    Each item is a new NumPy array (B, H, W, C) (or (B, D, H, W, C) for volumes), the last one shorter unless
+    ``drop_last``, or a view of the caller's ``buf`` when one was given (then nothing is decoded ahead).
+    """
+
+    def __init__(self, starts: np.ndarray, batch_size: int, drop_last: bool, prefetch_factor: int,
+                 shuffle: bool, seed: int, run_batch: RunBatch, buf: np.ndarray | None = None) -> None:
+        self._starts = starts
+        order = np.arange(len(starts))
+        if shuffle:
+            order = np.random.default_rng(seed).permutation(len(starts))
+        n = len(order)
+        count = n // batch_size if drop_last else -(-n // batch_size)
+        self._batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(count)]
+        self._run = run_batch
+        self._buf = buf
+        self._prefetch = 0 if buf is not None else prefetch_factor
+        self._next = 0
+        self._submitted = 0
+        self._queue: deque[Future] = deque()
+        self._cancel = threading.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    @property
+    def order(self) -> np.ndarray:
+        """Indices into the given locations, in the order patches are delivered."""
+        return np.concatenate(self._batches) if self._batches else np.empty(0, np.int64)
+
+    def _task(self, index: int) -> Callable[[], np.ndarray]:
+        # The task holds the pieces it needs, not the iterator, so dropping the iterator collects it.
+        starts, run, cancel, buf = self._starts[self._batches[index]], self._run, self._cancel, self._buf
+
+        def task() -> np.ndarray:
+            if cancel.is_set():
+                raise _Cancelled
+            return run(starts, buf, cancel)
+
+        return task
+
+    def _fill_queue(self) -> None:
+        pool = thread_pool(_PRODUCERS)
+        while self._submitted < len(self._batches) and len(self._queue) < self._prefetch:
+            self._queue.append(pool.submit(self._task(self._submitted)))
+            self._submitted += 1
+
+    def __next__(self) -> np.ndarray:
+        if self._closed or self._next >= len(self._batches):
+            self.close()
+            raise StopIteration
+        try:
+            if self._queue:
+                fut = self._queue.popleft()
+                self._fill_queue()
+                result = fut.result()
+            else:
+                self._submitted = max(self._submitted, self._next + 1)
+                self._fill_queue()  # start the batches after this one before decoding this one here
+                result = self._task(self._next)()
+        except BaseException:
+            self.close()
+            raise
+        self._next += 1
+        return result
+
+    def close(self) -> None:
+        """Stop: cancel queued batches, stop the running one between tiles. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel.set()
+        for fut in self._queue:
+            fut.cancel()
+        self._queue.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __enter__(self) -> BatchIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_batch_arguments(batch_size: object, prefetch_factor: object) -> tuple[int, int]:
+    from .arguments import as_int
+
+    b = as_int(batch_size, "batch_size")
+    p = as_int(prefetch_factor, "prefetch_factor")
+    if b <= 0:
+        raise InvalidArgumentError(f"batch_size must be positive, got {b}")
+    if p < 0:
+        raise InvalidArgumentError(f"prefetch_factor must be >= 0, got {p}")
+    return b, p

@@ -1,0 +1,185 @@
+"""Batched read_region: iterator semantics, pixels, shared tiles, prefetch bounds, abandonment, errors."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+import cucim_like
+from cucim_like import CuImage
+
+
+def _expected(level0: np.ndarray, locations, size, fill=0):
+    pad = 300
+    h, w = level0.shape[:2]
+    padded = np.full((h + 2 * pad, w + 2 * pad, level0.shape[2]), fill, level0.dtype)
+    padded[pad:pad + h, pad:pad + w] = level0
+    return np.stack([padded[y + pad:y + pad + size[1], x + pad:x + pad + size[0]] for x, y in locations])
+
+
+LOCS = [(0, 0), (10, 20), (600, 400), (-20, -30), (650, 480), (300, 100), (64, 64)]
+
+
+@pytest.mark.parametrize(
+    "locations",
+    [
+        LOCS,
+        np.array(LOCS, np.int64),
+        np.array(LOCS, np.int32),
+        np.array(LOCS, np.int16).reshape(-1),
+        [v for xy in LOCS for v in xy],
+        (xy for xy in LOCS),
+        tuple(np.array(LOCS).clip(0).astype(np.uint16)),
+    ],
+    ids=["list", "int64", "int32", "int16-flat", "flat-list", "generator", "uint16-tuple"],
+)
+def test_batches_match_reference(small_slide, locations, request):
+    path, levels = small_slide
+    expected_locs = np.array(LOCS).clip(0) if "uint16" in request.node.name else np.array(LOCS)
+    it = CuImage(path).read_region(locations, (50, 40), batch_size=3, num_workers=2)
+    assert len(it) == 3
+    batches = list(it)
+    assert [b.shape for b in batches] == [(3, 40, 50, 3), (3, 40, 50, 3), (1, 40, 50, 3)]
+    np.testing.assert_array_equal(np.concatenate(batches), _expected(levels[0], expected_locs, (50, 40)))
+
+
+def test_drop_last_and_len(small_slide):
+    it = CuImage(small_slide[0]).read_region(LOCS, (32, 32), batch_size=3, drop_last=True)
+    assert len(it) == 2
+    assert sum(1 for _ in it) == 2
+
+
+def test_batches_are_independent_arrays(small_slide):
+    path, levels = small_slide
+    batches = list(CuImage(path).read_region(LOCS[:4], (16, 16), batch_size=2))
+    assert batches[0] is not batches[1] and not np.shares_memory(batches[0], batches[1])
+    batches[0][:] = 0
+    np.testing.assert_array_equal(batches[1], _expected(levels[0], LOCS[2:4], (16, 16)))
+
+
+def test_buf_receives_each_batch(small_slide):
+    path, levels = small_slide
+    buf = np.empty((2, 16, 16, 3), np.uint8)
+    got = []
+    for batch in CuImage(path).read_region(LOCS[:3], (16, 16), batch_size=2, buf=buf):
+        assert np.shares_memory(batch, buf)
+        got.append(batch.copy())
+    np.testing.assert_array_equal(np.concatenate(got), _expected(levels[0], LOCS[:3], (16, 16)))
+
+
+def test_shuffle_is_deterministic_and_a_permutation(small_slide):
+    path, levels = small_slide
+    locs = np.random.default_rng(1).integers(0, 400, (20, 2))
+    img = CuImage(path)
+    a = img.read_region(locs, (8, 8), batch_size=4, shuffle=True, seed=5)
+    b = img.read_region(locs, (8, 8), batch_size=4, shuffle=True, seed=5)
+    c = img.read_region(locs, (8, 8), batch_size=4, shuffle=True, seed=6)
+    assert np.array_equal(a.order, b.order) and not np.array_equal(a.order, c.order)
+    assert sorted(a.order.tolist()) == list(range(20))
+    np.testing.assert_array_equal(np.concatenate(list(a)), _expected(levels[0], locs[a.order], (8, 8)))
+
+
+def test_tiles_shared_by_a_batch_are_decoded_once(small_slide):
+    cache = CuImage.cache("no_cache")
+    locs = [(1, 1), (5, 9), (20, 30), (40, 2)]  # all inside tile (0, 0)
+    list(CuImage(small_slide[0]).read_region(locs, (16, 16), batch_size=4))
+    assert cache.miss_count == 1
+
+
+def test_prefetch_is_bounded(small_slide):
+    CuImage.cache("no_cache")
+    tiles = []
+    lock = threading.Lock()
+
+    def progress(n):
+        with lock:
+            tiles.append(n)
+
+    locs = [(x * 64 + 1, 1) for x in range(10)]  # one tile per patch, one patch per batch
+    it = CuImage(small_slide[0]).read_region(locs, (8, 8), batch_size=1, prefetch_factor=2, progress=progress)
+    next(it)
+    time.sleep(0.3)
+    assert sum(tiles) <= 1 + 2
+    it.close()
+
+
+def test_abandoned_iterators_leak_no_threads(small_slide):
+    img = CuImage(small_slide[0])
+    locs = np.random.default_rng(0).integers(0, 400, (200, 2))
+    for it in [img.read_region(locs, (64, 64), batch_size=8)]:  # warm the pools up
+        next(it)
+    del it
+    gc.collect()
+    baseline = threading.active_count()
+    for _ in range(20):
+        for _batch in img.read_region(locs, (64, 64), batch_size=8, prefetch_factor=3):
+            break
+    gc.collect()
+    time.sleep(0.2)
+    assert threading.active_count() <= baseline
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_size": 0},
+        {"batch_size": -2},
+        {"prefetch_factor": -1},
+        {"num_workers": -1},
+        {"size": (701, 10)},
+        {"location": []},
+        {"location": np.zeros((3, 3), np.int64)},
+        {"location": np.zeros((4, 2), np.float32)},
+        {"location": [(1, 2), (3,)]},
+        {"buf": np.empty((2, 5, 5, 3), np.uint8)},
+    ],
+)
+def test_bad_batch_arguments_fail_before_work(small_slide, kwargs):
+    call = {"location": LOCS, "size": (10, 10), "batch_size": 2, **kwargs}
+    with pytest.raises(ValueError) as info:
+        CuImage(small_slide[0]).read_region(**call)
+    assert isinstance(info.value, cucim_like.CucimLikeError)
+
+
+def test_corrupt_tile_fails_at_its_batch(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, (128, 256, 3), dtype=np.uint8)
+    path = tmp_path / "corrupt.tif"
+    tifffile.imwrite(path, data, tile=(64, 64), compression="deflate", photometric="rgb")
+    with tifffile.TiffFile(path) as tf:
+        offset = tf.pages[0].dataoffsets[2]  # tile (0, 2)
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + 16] = b"\xff" * 16
+    path.write_bytes(bytes(raw))
+    locs = [(1, 1), (70, 1), (140, 1), (1, 70)]  # batch 3 holds tile (0, 2)
+    it = CuImage(path).read_region(locs, (8, 8), batch_size=1, prefetch_factor=2)
+    first, second = next(it), next(it)
+    np.testing.assert_array_equal(first[0], data[1:9, 1:9])
+    np.testing.assert_array_equal(second[0], data[1:9, 70:78])
+    with pytest.raises(cucim_like.DecodeError) as info:
+        next(it)
+    assert info.value.tile == (0, 2) and info.value.level == 0
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_single_location_list_returns_an_array(small_slide):
+    path, levels = small_slide
+    out = CuImage(path).read_region([(10, 20)], (30, 30))
+    assert isinstance(out, np.ndarray) and out.shape == (30, 30, 3)
+    np.testing.assert_array_equal(out, levels[0][20:50, 10:40])
+    it = CuImage(path).read_region([(10, 20)], (30, 30), batch_size=2)
+    (batch,) = list(it)
+    assert batch.shape == (1, 30, 30, 3)
+
+
+def test_batch_on_level_1_uses_level0_coordinates(small_slide):
+    path, levels = small_slide
+    batches = list(CuImage(path).read_region([(100, 60), (0, 0)], (20, 10), level=1, batch_size=2))
+    np.testing.assert_array_equal(batches[0][0], levels[1][30:40, 50:70])
+    np.testing.assert_array_equal(batches[0][1], levels[1][0:10, 0:20])
