@@ -18,6 +18,7 @@ from .errors import (
     UnknownAssociatedImageError,
     UnsupportedFormatError,
 )
+from .tissue import tissue_locations
 
 __all__ = [
     "CodecUnavailableError",
@@ -32,4 +33,5 @@ __all__ = [
     "UnknownAssociatedImageError",
     "UnsupportedFormatError",
     "__version__",
+    "tissue_locations",
 ]
