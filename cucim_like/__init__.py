@@ -5,6 +5,7 @@ package are imported when first used.
 """
 
 from ._version import __version__
+from .cache import preferred_memory_capacity
 from .cuimage import CuImage
 from .errors import (
     CodecUnavailableError,
@@ -33,5 +34,6 @@ __all__ = [
     "UnknownAssociatedImageError",
     "UnsupportedFormatError",
     "__version__",
+    "preferred_memory_capacity",
     "tissue_locations",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -79,6 +80,10 @@ class TileCache:
             self._bytes = 0
             self.hit_count = self.miss_count = 0
 
+    def close(self) -> None:
+        """Release what the cache holds (called when another cache replaces it)."""
+        self.clear()
+
     @property
     def config(self) -> dict:
         return {"type": self.type, "memory_capacity": self.memory_capacity // MiB, "capacity": self.capacity,
@@ -130,15 +135,51 @@ class NoCache(TileCache):
         return None
 
 
-_current: list[TileCache] = [TileCache()]
+_current: list[TileCache | None] = [None]
 _current_lock = threading.Lock()
 
-_KINDS = {"per_process": TileCache, "no_cache": NoCache, "nocache": NoCache}
+_KINDS = ("per_process", "no_cache", "nocache", "shared_memory")
 
 
 def current_cache() -> TileCache:
-    """The process-wide cache every read goes through."""
-    return _current[0]
+    """The process-wide cache every read goes through.
+
+    On first use in a process it is the shared-memory cache named by ``$CUCIM_LIKE_SHM_CACHE`` (set by the
+    process that configured it, so spawned workers attach), else a per-process cache of 64 MiB.
+    """
+    cache = _current[0]
+    if cache is None:
+        with _current_lock:
+            cache = _current[0]
+            if cache is None:
+                from .shm_cache import attach_from_environment
+
+                cache = _current[0] = attach_from_environment() or TileCache()
+    return cache
+
+
+def preferred_memory_capacity(img=None, image_size=None, tile_size=None, patch_size=(256, 256),
+                              bytes_per_pixel: int = 3) -> int:
+    """MiB a cache needs to hold the tiles touched by patches read row by row across an image (cuCIM's helper).
+
+    ``img`` (a CuImage) supplies the level-0 size, tile size and bytes per pixel when the others are not
+    given; sizes are (w, h). Enough for one row of patches plus one row of tiles, so a row-by-row scan
+    decodes each tile once.
+    """
+    if img is not None:
+        level0 = img.levels[0]
+        image_size = image_size or (level0.width, level0.height)
+        tile_size = tile_size or (level0.tile_shape[2], level0.tile_shape[1])
+        bytes_per_pixel = level0.shape[3] * level0.dtype.itemsize
+    tile_size = tile_size or (256, 256)
+    if image_size is None or patch_size is None:
+        raise InvalidArgumentError("give img or image_size, and patch_size")
+    (iw, _ih), (tw, th), (_pw, ph) = image_size, tile_size, patch_size
+    if min(iw, tw, th, ph) <= 0:
+        raise InvalidArgumentError("sizes must be positive")
+    across = -(-iw // tw) + 1
+    down = -(-ph // th) + 1
+    return int(across * down * tw * th * bytes_per_pixel / MiB + 0.5)
 
 
 def configure_cache(kind: str | None = None, memory_capacity: float | None = None, capacity: int | None = None,
@@ -147,20 +188,25 @@ def configure_cache(kind: str | None = None, memory_capacity: float | None = Non
 
     With no arguments, return the current cache unchanged.
     """
+    old = current_cache()
     if kind is None and memory_capacity is None and capacity is None and record_stat is None:
-        return _current[0]
+        return old
+    kind = (kind or old.type).lower()
+    if kind not in _KINDS:
+        raise InvalidArgumentError(f"unknown cache type {kind!r}; choose per_process, shared_memory or no_cache")
+    mib = memory_capacity if memory_capacity is not None else DEFAULT_MEMORY_CAPACITY_MIB
+    record = old.record() if record_stat is None else record_stat
     with _current_lock:
-        old = _current[0]
-        kind = (kind or old.type).lower()
-        cls = _KINDS.get(kind)
-        if cls is None:
-            raise InvalidArgumentError(
-                f"unknown cache type {kind!r}; choose one of {sorted(k for k in _KINDS if k != 'nocache')}"
-            )
-        cache = cls(
-            memory_capacity if memory_capacity is not None else DEFAULT_MEMORY_CAPACITY_MIB,
-            capacity,
-            old.record() if record_stat is None else record_stat,
-        )
+        if kind == "shared_memory":
+            from .shm_cache import ENV, SharedMemoryCache
+
+            cache: TileCache = SharedMemoryCache(mib, capacity, record)
+            os.environ[ENV] = cache.name  # worker processes (fork or spawn) attach through this
+        else:
+            cache = NoCache(0, 0, record) if kind in ("no_cache", "nocache") else TileCache(mib, capacity, record)
+            from .shm_cache import ENV
+
+            os.environ.pop(ENV, None)
         _current[0] = cache
-        return cache
+    old.close()
+    return cache
