@@ -16,6 +16,7 @@ from .errors import (
     ImageFileNotFoundError,
     InvalidArgumentError,
     LevelError,
+    OptionalDependencyError,
     UnknownAssociatedImageError,
     UnsupportedFormatError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ImageFileNotFoundError",
     "InvalidArgumentError",
     "LevelError",
+    "OptionalDependencyError",
     "UnknownAssociatedImageError",
     "UnsupportedFormatError",
     "__version__",

@@ -177,6 +177,11 @@ class CuImage:
         return {"cucim": section, **self._source.vendor_metadata}
 
     @property
+    def file_identity(self) -> tuple:
+        """(device, inode, size, mtime) of each file read: names this version of the image."""
+        return tuple(self._file_keys)
+
+    @property
     def levels(self) -> list[Level]:
         """The engine's description of each level (tile grid, codec): for tools such as ``cucim-like info``."""
         return list(self._source.levels)
@@ -257,6 +262,34 @@ class CuImage:
 
         return BatchIterator(starts, b, bool(drop_last), prefetch, bool(shuffle), args.as_int(seed, "seed"),
                              run_batch, buf)
+
+    def read_level_region(self, location: Any, size: Any, level: int = 0, num_workers: int = 0,
+                          fill: float | None = None) -> np.ndarray:
+        """Like :meth:`read_region` with ``location`` (x, y[, z]) in ``level``'s own pixels (no level-0 scaling).
+
+        Returns (d, h, w, c) for every image (d = 1 for slides): the building block of ``to_dask``.
+        """
+        self._check_open()
+        lvl = self._source.levels[args.check_level(level, len(self._source.levels))]
+        loc = args.int_tuple(location, (2, 3), "location")
+        sz = args.check_size(args.int_tuple(size, (2, 3), "size"))
+        start = (loc[2] if len(loc) == 3 else 0, loc[1], loc[0])
+        extent = (sz[2] if len(sz) == 3 else 1, sz[1], sz[0])
+        out = np.empty((*extent, lvl.shape[3]), lvl.dtype)
+        plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
+        cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
+                    fill=self._source.default_fill if fill is None else fill,
+                    workers=args.check_workers(num_workers) or default_workers(), cache=current_cache())
+        return out
+
+    def to_dask(self, level: int = 0, chunks: Any = None):
+        """The level as a dask array ((h, w, c); volumes (d, h, w, c)), chunks aligned to tiles by default.
+
+        Works with dask's threaded scheduler and dask.distributed (tasks re-open the file by path).
+        """
+        from .dask_array import level_to_dask
+
+        return level_to_dask(self, args.check_level(level, len(self._source.levels)), chunks)
 
     def _level_starts(self, locations: np.ndarray, lvl: Level) -> np.ndarray:
         """Level-0 (x, y[, z]) locations -> (z, y, x) starts in ``lvl``'s pixels, int64 (N, 3)."""

@@ -16,6 +16,7 @@ __all__ = [
     "ImageFileNotFoundError",
     "InvalidArgumentError",
     "LevelError",
+    "OptionalDependencyError",
     "UnknownAssociatedImageError",
     "UnsupportedFormatError",
 ]
@@ -81,6 +82,10 @@ class CodecUnavailableError(CucimLikeError, RuntimeError):
 
 class DeviceUnavailableError(CucimLikeError, RuntimeError):
     """A device (e.g. ``"cuda"``) was asked for but it, or a package it needs, is missing."""
+
+
+class OptionalDependencyError(CucimLikeError, ImportError):
+    """A feature needs an optional package (an extra such as ``cucim_like[dask]``) that is not installed."""
 
 
 class InvalidArgumentError(CucimLikeError, ValueError):
