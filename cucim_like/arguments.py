@@ -108,3 +108,16 @@ def parse_locations(location: object, nd: int) -> tuple[np.ndarray, bool]:
     if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and (arr > np.iinfo(np.int64).max).any():
         raise InvalidArgumentError("locations do not fit 64-bit integers")
     return arr.astype(np.int64), False
+
+
+def check_fill(fill: object, dtype: np.dtype) -> float | int:
+    """A fill value that ``dtype`` can hold exactly (integers in range; any real number for floats)."""
+    if isinstance(fill, bool | np.bool_) or not isinstance(fill, numbers.Real | np.number):
+        raise InvalidArgumentError(f"fill must be a number, got {fill!r}")
+    if dtype.kind not in "iu":  # float and complex samples hold any real number
+        return float(fill)
+    value = float(fill)
+    info = np.iinfo(dtype)
+    if not value.is_integer() or not info.min <= value <= info.max:
+        raise InvalidArgumentError(f"fill {fill!r} does not fit the image's {dtype} samples")
+    return int(value)

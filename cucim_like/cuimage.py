@@ -229,7 +229,7 @@ class CuImage:
         lvl = self._source.levels[args.check_level(level, len(self._source.levels))]
         workers = args.check_workers(num_workers) or default_workers()
         nd = 3 if self.is_volume else 2
-        fill_value = self._source.default_fill if fill is None else fill
+        fill_value = args.check_fill(self._source.default_fill if fill is None else fill, lvl.dtype)
         if location is None and size is None:
             return self._read(lvl, (0, 0, 0), lvl.shape[:3], buf, fill_value, workers, progress)
         if location is None or size is None:
@@ -278,7 +278,7 @@ class CuImage:
         out = np.empty((*extent, lvl.shape[3]), lvl.dtype)
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
         cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
-                    fill=self._source.default_fill if fill is None else fill,
+                    fill=args.check_fill(self._source.default_fill if fill is None else fill, lvl.dtype),
                     workers=args.check_workers(num_workers) or default_workers(), cache=current_cache())
         return out
 
@@ -337,6 +337,7 @@ class CuImage:
             )
         lvl = assoc.level
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, (0, 0, 0), lvl.shape[:3])
+        args.check_output_bytes(math.prod(plan.out_shape) * lvl.dtype.itemsize, f"associated image {name!r}")
         out = np.empty(plan.out_shape, lvl.dtype)
         cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
                     fill=self._source.default_fill, workers=1, cache=None)

@@ -13,6 +13,7 @@ __all__ = [
     "CucimLikeError",
     "DecodeError",
     "DeviceUnavailableError",
+    "FileAccessError",
     "ImageFileNotFoundError",
     "InvalidArgumentError",
     "LevelError",
@@ -62,6 +63,10 @@ def _rebuild(cls, message, path, level, tile):
 
 class ImageFileNotFoundError(CucimLikeError, FileNotFoundError):
     """The path does not exist."""
+
+
+class FileAccessError(CucimLikeError, PermissionError):
+    """The file exists but may not be read."""
 
 
 class UnsupportedFormatError(CucimLikeError, ValueError):

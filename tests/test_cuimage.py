@@ -102,6 +102,12 @@ def test_fill_outside_and_override(small_slide):
     np.testing.assert_array_equal(out[5:, :10], levels[0][0:5, 690:700])
 
 
+@pytest.mark.parametrize("fill", [300, -1, 1.5, float("nan"), "white", None.__class__])
+def test_fill_must_fit_the_dtype(small_slide, fill):
+    with pytest.raises(cucim_like.InvalidArgumentError):
+        CuImage(small_slide[0]).read_region((-2, -2), (4, 4), fill=fill)
+
+
 def test_buf_receives_the_pixels(small_slide):
     path, levels = small_slide
     buf = np.zeros((50, 100, 3), np.uint8)

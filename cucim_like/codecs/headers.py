@@ -77,3 +77,26 @@ def j2k_size(data: bytes | memoryview) -> tuple[int, int, int, int]:
         raise DecodeError(f"JPEG 2000 SIZ marker declares {csiz} components")
     bits = (buf[start + 42] & 0x7F) + 1
     return ysiz - yo, xsiz - xo, csiz, bits
+
+
+def webp_size(data: bytes | memoryview) -> tuple[int, int]:
+    """(height, width) from a WebP stream's first chunk (VP8 lossy, VP8L lossless or VP8X extended)."""
+    buf = bytes(data[:32])
+    if len(buf) < 30 or buf[:4] != b"RIFF" or buf[8:12] != b"WEBP":
+        raise DecodeError("not a WebP stream (no RIFF/WEBP header)")
+    kind = buf[12:16]
+    if kind == b"VP8 ":
+        if buf[23:26] != b"\x9d\x01\x2a":
+            raise DecodeError("WebP VP8 chunk has no frame start code")
+        width, height = struct.unpack_from("<HH", buf, 26)
+        return height & 0x3FFF, width & 0x3FFF
+    if kind == b"VP8L":
+        if buf[20] != 0x2F:
+            raise DecodeError("WebP VP8L chunk has no signature")
+        (bits,) = struct.unpack_from("<I", buf, 21)
+        return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+    if kind == b"VP8X":
+        width = int.from_bytes(buf[24:27], "little") + 1
+        height = int.from_bytes(buf[27:30], "little") + 1
+        return height, width
+    raise DecodeError(f"WebP stream starts with an unknown chunk {kind!r}")

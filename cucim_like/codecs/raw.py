@@ -32,6 +32,8 @@ class RawDecoder(Decoder):
             raise CodecUnavailableError(f"TIFF predictor {spec.predictor} is not supported")
         if spec.predictor == 3 and self.dtype.kind != "f":
             raise CodecUnavailableError("the floating-point predictor needs floating-point samples")
+        if spec.predictor == 2 and self.dtype.kind not in "iuf":
+            raise CodecUnavailableError(f"the horizontal predictor needs integer or float samples, not {self.dtype}")
         self._unpredict = None
         if spec.predictor == 2:
             self._unpredict = imagecodecs_function("delta", "delta_decode")

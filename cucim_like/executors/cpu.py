@@ -46,7 +46,7 @@ class _Scratch(threading.local):
         key = (shape, dtype.str)
         arr = self.arrays.get(key)
         if arr is None:
-            if len(self.arrays) > 8:
+            if len(self.arrays) >= 2:  # a thread serves one or two tile shapes at a time
                 self.arrays.clear()
             arr = self.arrays[key] = np.empty(shape, dtype)
         return arr
@@ -67,7 +67,10 @@ class _Read:
         self.cache = cache
         self.file_keys = file_keys
         self.insert = insert
-        self.decoder: Decoder = get_decoder(level)
+        try:
+            self.decoder: Decoder = get_decoder(level)
+        except CucimLikeError as exc:
+            raise type(exc)(exc.message, path=path, level=level.index) from exc
         self.offsets = level.offsets.reshape(-1)
         self.lengths = level.bytecounts.reshape(-1)
         self.file_ids = level.file_ids.reshape(-1) if level.file_ids is not None else None
@@ -127,7 +130,7 @@ def _check_tiles(state: _Read, tiles: list[int]) -> None:
     sizes = np.array([r.size for r in state.readers], dtype=np.int64)
     fsize = sizes[state.file_ids[t]] if state.file_ids is not None else sizes[0]
     limit = _MAX_EXPANSION * state.level.decoded_tile_nbytes + _MAX_SLACK
-    bad = (off < 0) | (ln < 0) | (off + ln > fsize) | (ln > limit)
+    bad = (off < 0) | (ln < 0) | (off > fsize - ln) | (ln > limit)
     if bad.any():
         i = int(np.argmax(bad))
         tile = int(t[i])

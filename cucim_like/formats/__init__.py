@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 
-from ..errors import ImageFileNotFoundError, UnsupportedFormatError
+from ..errors import FileAccessError, ImageFileNotFoundError, UnsupportedFormatError
 from .base import ImageSource
 
 # (name, probe on the first bytes, "module:Class"); the probe runs without importing the module.
@@ -26,17 +27,21 @@ def open_source(path: str | os.PathLike) -> ImageSource:
     Raises ImageFileNotFoundError when it does not exist, UnsupportedFormatError when no format matches.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImageFileNotFoundError("no such file", path=path)
-    if os.path.isdir(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise ImageFileNotFoundError("no such file", path=path) from exc
+    except PermissionError as exc:
+        raise FileAccessError(f"permission denied: {exc.strerror}", path=path) from exc
+    if stat.S_ISDIR(st.st_mode):
         raise UnsupportedFormatError("a directory is not a supported image", path=path)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise UnsupportedFormatError("not a regular file", path=path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(512)
-    except IsADirectoryError as exc:
-        raise UnsupportedFormatError("a directory is not a supported image", path=path) from exc
-    except PermissionError:
-        raise
+    except PermissionError as exc:
+        raise FileAccessError(f"permission denied: {exc.strerror}", path=path) from exc
     for _name, probe, target in _FORMATS:
         if probe(head):
             module_name, _, attr = target.partition(":")

@@ -37,6 +37,8 @@ _MAX_TILES = 1 << 31
 # Nor tiles (or strips) that decode to more bytes than this: every read allocates at least one decoded tile,
 # so a damaged TileWidth/RowsPerStrip must not size that buffer (4096 x 4096 x 4 float32 samples fit).
 _MAX_TILE_BYTES = 1 << 28
+# Uncompressed strips larger than this are read as virtual strips of at most this size.
+_SPLIT_BYTES = 4 << 20
 
 
 def _codec_for(page, byteorder: str) -> CodecSpec:
@@ -62,12 +64,50 @@ def _codec_for(page, byteorder: str) -> CodecSpec:
     )
 
 
+def _positions(values) -> np.ndarray:
+    """Tile offsets or byte counts as int64. BigTIFF stores them as unsigned 64-bit: values of 2**62 and more
+    (no file is that large) become -1, which every read refuses for that tile, so no sum of two overflows."""
+    raw = np.asarray(values, dtype=np.uint64).reshape(-1)
+    out = raw.astype(np.int64)
+    out[raw >= np.uint64(1 << 62)] = -1
+    return out
+
+
+def _split_raw_strips(tile, stored_grid, offsets, counts, stored_h, row_bytes):
+    """Uncompressed strips cut into smaller virtual strips (their rows are plain bytes), so a big single-strip
+    image reads in parallel with a bounded scratch. Virtual strips never cross a stored strip; a stored strip
+    shorter than its rows (truncated) gives virtual strips of the bytes it has (-1 when none: refused on read)."""
+    rows = tile[1]
+    limit = max(1, _SPLIT_BYTES // row_bytes)
+    vrows = 1
+    for i in range(1, math.isqrt(rows) + 1):  # the largest divisor of rows within the limit
+        if rows % i == 0:
+            vrows = max(vrows, *(d for d in (i, rows // i) if d <= limit))
+    planes, gz, gy, gx = stored_grid
+    vgy = -(-stored_h // vrows)
+    j = np.arange(vgy, dtype=np.int64)
+    strip, within = divmod(j * vrows, rows)
+    off = offsets.reshape(planes, gz * gy * gx)
+    cnt = counts.reshape(planes, gz * gy * gx)
+    start = within * row_bytes
+    new_off = off[:, strip] + start
+    new_cnt = np.minimum(vrows * row_bytes, cnt[:, strip] - start)
+    new_cnt[(new_cnt <= 0) | (off[:, strip] < 0) | (cnt[:, strip] < 0)] = -1
+    new_off[off[:, strip] < 0] = -1
+    new_cnt[cnt[:, strip] == 0] = 0  # a missing strip stays missing
+    return (1, vrows, tile[2]), (planes, 1, vgy, 1), new_off.reshape(-1), new_cnt.reshape(-1)
+
+
 def level_from_page(page, index: int, byteorder: str, downsample: float, path: str) -> Level:
     """A Level describing one TIFF page (IFD): its tiles, or its strips as full-width tiles."""
     height, width = int(page.imagelength), int(page.imagewidth)
     depth = int(page.imagedepth or 1)
     samples = int(page.samplesperpixel)
     bits = page.bitspersample
+    if samples > 1 and page.tags.get(258) is None:
+        # tifffile drops a tag whose values lie past the end of the file (a truncated header); the default of
+        # 1 bit would then be reported as unsupported rather than damaged
+        raise CorruptFileError("BitsPerSample is missing or unreadable", path=path, level=index)
     if bits not in (8, 16, 32, 64) or page.dtype is None:
         raise UnsupportedFormatError(f"{bits}-bit samples are not supported", path=path, level=index)
     if height <= 0 or width <= 0 or samples <= 0:
@@ -93,21 +133,25 @@ def level_from_page(page, index: int, byteorder: str, downsample: float, path: s
         depth = 1
     if min(tile) <= 0:
         raise CorruptFileError(f"tile shape {tile} is not valid", path=path, level=index)
+    stored_grid = (planes, -(-depth // tile[0]), -(-stored_h // tile[1]), -(-stored_w // tile[2]))
+    if math.prod(stored_grid) > _MAX_TILES:
+        raise CorruptFileError(f"header declares {math.prod(stored_grid)} tiles", path=path, level=index)
+    offsets = _positions(page.dataoffsets)
+    counts = _positions(page.databytecounts)
+    if offsets.size != math.prod(stored_grid) or counts.size != offsets.size:
+        raise CorruptFileError(
+            f"{offsets.size} tile offsets and {counts.size} byte counts for a grid of {stored_grid}",
+            path=path, level=index,
+        )
+    row_bytes = stored_w * (samples // planes) * np.dtype(page.dtype).itemsize
+    if not page.is_tiled and compression == 1 and int(page.predictor) == 1 and tile[1] * row_bytes > _SPLIT_BYTES:
+        tile, stored_grid, offsets, counts = _split_raw_strips(tile, stored_grid, offsets, counts, stored_h,
+                                                               row_bytes)
     tile_bytes = math.prod(tile) * (samples // planes) * np.dtype(page.dtype).itemsize
     if tile_bytes > _MAX_TILE_BYTES:
         raise CorruptFileError(
             f"tile shape {tile} x {samples // planes} samples decodes to {tile_bytes} bytes, more than the "
             f"{_MAX_TILE_BYTES} this reader allows per tile or strip",
-            path=path, level=index,
-        )
-    stored_grid = (planes, -(-depth // tile[0]), -(-stored_h // tile[1]), -(-stored_w // tile[2]))
-    if math.prod(stored_grid) > _MAX_TILES:
-        raise CorruptFileError(f"header declares {math.prod(stored_grid)} tiles", path=path, level=index)
-    offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-    counts = np.asarray(page.databytecounts, dtype=np.int64)
-    if offsets.size != math.prod(stored_grid) or counts.size != offsets.size:
-        raise CorruptFileError(
-            f"{offsets.size} tile offsets and {counts.size} byte counts for a grid of {stored_grid}",
             path=path, level=index,
         )
     grid = (planes, -(-depth // tile[0]), -(-height // tile[1]), -(-width // tile[2]))
