@@ -56,14 +56,23 @@ def check_workers(num_workers: object) -> int:
     return n
 
 
-def check_output_bytes(nbytes: int, what: str) -> None:
-    """Refuse outputs larger than this machine's physical memory before allocating them."""
+def _physical_memory() -> int:
     try:
         import os
 
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        limit = 1 << 46
+        return 1 << 46
+
+
+_MEMORY: list[int] = []
+
+
+def check_output_bytes(nbytes: int, what: str) -> None:
+    """Refuse outputs larger than this machine's physical memory before allocating them."""
+    if not _MEMORY:
+        _MEMORY.append(_physical_memory())
+    limit = _MEMORY[0]
     if nbytes > limit:
         raise InvalidArgumentError(f"{what} would need {nbytes / 2**30:.1f} GiB, more than this machine's memory")
 
@@ -74,6 +83,8 @@ def parse_locations(location: object, nd: int) -> tuple[np.ndarray, bool]:
     Accepts sequences, NumPy integer arrays of any integer dtype (flat or N x nd) and iterables such as
     generators; a flat sequence of N * nd integers is read as N locations.
     """
+    if type(location) is tuple and len(location) == nd and all(type(v) is int for v in location):
+        return np.array([location], dtype=np.int64), True  # the common case, fast
     if isinstance(location, np.ndarray):
         if location.dtype.kind not in "iu":
             raise InvalidArgumentError(f"locations must hold integers, got an array of {location.dtype}")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import arguments as args
+from . import memory
 from .batch import BatchIterator, check_batch_arguments
 from .cache import TileCache, configure_cache, current_cache
 from .errors import DeviceUnavailableError, InvalidArgumentError, UnknownAssociatedImageError
@@ -254,7 +255,8 @@ class CuImage:
         def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | None, cancel) -> np.ndarray:
             plan = plan_batch(lvl.shape, lvl.tile_shape, lvl.planes, batch_starts.tolist(), extent)
             n = len(batch_starts)
-            out = out_buf[:n].reshape(plan.out_shape) if out_buf is not None else np.empty(plan.out_shape, lvl.dtype)
+            out = out_buf[:n].reshape(plan.out_shape) if out_buf is not None else memory.empty(plan.out_shape,
+                                                                                                lvl.dtype)
             cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
                         fill=fill_value, workers=workers, cache=current_cache(), progress=progress, cancel=cancel)
             shape = (n, *extent, lvl.shape[3]) if nd == 3 else (n, *extent[1:], lvl.shape[3])
@@ -275,7 +277,8 @@ class CuImage:
         sz = args.check_size(args.int_tuple(size, (2, 3), "size"))
         start = (loc[2] if len(loc) == 3 else 0, loc[1], loc[0])
         extent = (sz[2] if len(sz) == 3 else 1, sz[1], sz[0])
-        out = np.empty((*extent, lvl.shape[3]), lvl.dtype)
+        args.check_output_bytes(math.prod(extent) * lvl.shape[3] * lvl.dtype.itemsize, "this read")
+        out = memory.empty((*extent, lvl.shape[3]), lvl.dtype)
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
         cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
                     fill=args.check_fill(self._source.default_fill if fill is None else fill, lvl.dtype),
@@ -316,7 +319,7 @@ class CuImage:
         want = shape if nd == 3 else shape[1:]
         if buf is None:
             args.check_output_bytes(math.prod(shape) * dtype.itemsize, "this read")
-            return np.empty(shape, dtype)
+            return memory.empty(shape, dtype)
         if not isinstance(buf, np.ndarray) or tuple(buf.shape) != tuple(want) or buf.dtype != dtype:
             raise InvalidArgumentError(
                 f"buf must be a NumPy array of shape {want} and dtype {dtype}, got "
@@ -338,7 +341,7 @@ class CuImage:
         lvl = assoc.level
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, (0, 0, 0), lvl.shape[:3])
         args.check_output_bytes(math.prod(plan.out_shape) * lvl.dtype.itemsize, f"associated image {name!r}")
-        out = np.empty(plan.out_shape, lvl.dtype)
+        out = memory.empty(plan.out_shape, lvl.dtype)
         cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
                     fill=self._source.default_fill, workers=1, cache=None)
         return out[0]

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 Box = tuple[tuple[int, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class TileJob:
+class TileJob(NamedTuple):
     """Copy ``src`` of decoded tile ``tile`` (flat index into the level's tile table) to ``dst`` of the output."""
 
     tile: int
@@ -114,8 +114,7 @@ def _outside_boxes(start: tuple[int, ...], size: tuple[int, ...], extent: tuple[
     return [b for b in boxes if all(hi > lo for lo, hi in b)]
 
 
-@dataclass(frozen=True, slots=True)
-class ByteRange:
+class ByteRange(NamedTuple):
     """One read: bytes [start, stop) of file ``file_id``, holding the listed tiles (flat indices)."""
 
     file_id: int
@@ -141,6 +140,23 @@ def coalesce_ranges(
     """
     if not len(tiles):
         return []
+    if len(tiles) <= 32:  # plain Python is quicker than NumPy for a handful of tiles
+        keyed = sorted(
+            (int(file_ids[t]) if file_ids is not None else 0, int(offsets[t]), int(offsets[t] + lengths[t]), int(t))
+            for t in tiles
+        )
+        out: list[ByteRange] = []
+        cur: list = []
+        for f, s, e, t in keyed:
+            if cur and f == cur[0] and s - cur[2] <= max_gap and max(e, cur[2]) - cur[1] <= max_size:
+                cur[2] = max(cur[2], e)
+                cur[3].append(t)
+                continue
+            if cur:
+                out.append(ByteRange(cur[0], cur[1], cur[2], tuple(cur[3])))
+            cur = [f, s, e, [t]]
+        out.append(ByteRange(cur[0], cur[1], cur[2], tuple(cur[3])))
+        return out
     t = np.asarray(tiles, dtype=np.int64)
     off = offsets[t]
     ln = lengths[t]

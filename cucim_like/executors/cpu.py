@@ -82,14 +82,17 @@ class _Read:
         return (self.file_keys[self.file_of(tile)], self.level.index, tile)
 
     def place(self, tile_arr: np.ndarray, jobs: list[TileJob], tile: int) -> None:
-        for job in jobs:
-            (_z0, z1), (_y0, y1) = job.src[0], job.src[1]
-            if tile_arr.shape[0] < z1 or tile_arr.shape[1] < y1:
+        out = self.out
+        depth, rows = tile_arr.shape[0], tile_arr.shape[1]
+        for _, src, dst in jobs:
+            (sz0, sz1), (sy0, sy1), (sx0, sx1), (sc0, sc1) = src
+            (dz0, dz1), (dy0, dy1), (dx0, dx1), (dc0, dc1) = dst
+            if depth < sz1 or rows < sy1:
                 raise DecodeError(
-                    f"tile holds {tile_arr.shape[1]} rows, {y1} are needed",
+                    f"tile holds {rows} rows, {sy1} are needed",
                     path=self.path, level=self.level.index, tile=tile_coords(self.level, tile),
                 )
-            self.out[box_slices(job.dst)] = tile_arr[box_slices(job.src)]
+            out[dz0:dz1, dy0:dy1, dx0:dx1, dc0:dc1] = tile_arr[sz0:sz1, sy0:sy1, sx0:sx1, sc0:sc1]
 
     def decode_place(self, tile: int, data: bytes | memoryview, jobs: list[TileJob]) -> None:
         level = self.level
@@ -124,12 +127,22 @@ class _Read:
 
 def _check_tiles(state: _Read, tiles: list[int]) -> None:
     """Refuse tiles whose offset/length lie outside their file or exceed a bounded expansion of the tile."""
+    limit = _MAX_EXPANSION * state.level.decoded_tile_nbytes + _MAX_SLACK
+    if len(tiles) <= _SMALL_REQUEST_TILES:  # plain Python is quicker than NumPy for a handful
+        for tile in tiles:
+            off, ln = int(state.offsets[tile]), int(state.lengths[tile])
+            fsize = state.readers[state.file_of(tile)].size
+            if off < 0 or ln < 0 or off > fsize - ln or ln > limit:
+                raise CorruptFileError(
+                    f"tile bytes {off}+{ln} lie outside the file or exceed the tile's bounded size",
+                    path=state.path, level=state.level.index, tile=tile_coords(state.level, tile),
+                )
+        return
     t = np.asarray(tiles, dtype=np.int64)
     off = state.offsets[t]
     ln = state.lengths[t]
     sizes = np.array([r.size for r in state.readers], dtype=np.int64)
     fsize = sizes[state.file_ids[t]] if state.file_ids is not None else sizes[0]
-    limit = _MAX_EXPANSION * state.level.decoded_tile_nbytes + _MAX_SLACK
     bad = (off < 0) | (ln < 0) | (off > fsize - ln) | (ln > limit)
     if bad.any():
         i = int(np.argmax(bad))
@@ -185,7 +198,8 @@ def execute(
         return out
     _check_tiles(state, todo)
 
-    total = int(state.lengths[np.asarray(todo)].sum())
+    total = sum(int(state.lengths[t]) for t in todo) if len(todo) <= _SMALL_REQUEST_TILES else int(
+        state.lengths[np.asarray(todo)].sum())
     workers = max(1, min(workers, len(todo)))
     max_size = int(min(4 << 20, max(256 << 10, total // (4 * workers))))
     ranges = coalesce_ranges(todo, state.offsets, state.lengths, state.file_ids, max_size=max_size)
