@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import weakref
 from collections.abc import Hashable
 from multiprocessing import shared_memory
 
@@ -76,34 +77,50 @@ class SharedMemoryCache(TileCache):
                                 offset=_HEADER + self._buckets * _ENTRY.itemsize)
         if name is None:
             self._index[:] = np.zeros(1, _ENTRY)
-        self._pid = -1
         self._fd = -1
         self._tlock = threading.Lock()
+        _LIVE.add(self)
 
     # -- process-wide attachment ---------------------------------------------------------------------------
     @property
     def name(self) -> str:
         return self._shm.name
 
-    def _lock_fd(self) -> int:
-        if self._pid != os.getpid():  # after fork: a descriptor of our own, or flock would not exclude
-            self._tlock = threading.Lock()
-            self._fd = os.open(f"/dev/shm/{self._shm.name.lstrip('/')}", os.O_RDONLY)
-            self._pid = os.getpid()
-        return self._fd
+    def _after_fork_in_child(self) -> None:
+        # The child starts with one thread: give it its own lock descriptor (flock would not exclude parent
+        # and child through a shared one) and a fresh thread lock, before any thread can race for them.
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd = -1
+        self._tlock = threading.Lock()
 
     class _Locked:
+        """Holds the thread lock, then an exclusive flock on this process's descriptor of the segment."""
+
         def __init__(self, cache: SharedMemoryCache) -> None:
             self.cache = cache
+            self.fd = -1
 
         def __enter__(self):
-            fd = self.cache._lock_fd()
-            self.cache._tlock.acquire()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            cache = self.cache
+            cache._tlock.acquire()
+            try:
+                if cache._fd < 0:
+                    cache._fd = os.open(f"/dev/shm/{cache._shm.name.lstrip('/')}", os.O_RDONLY)
+                self.fd = cache._fd
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except BaseException:
+                cache._tlock.release()
+                raise
 
         def __exit__(self, *exc):
-            fcntl.flock(self.cache._fd, fcntl.LOCK_UN)
-            self.cache._tlock.release()
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                self.cache._tlock.release()
 
     def _locked(self) -> SharedMemoryCache._Locked:
         return SharedMemoryCache._Locked(self)
@@ -220,7 +237,8 @@ class SharedMemoryCache(TileCache):
     # -- life cycle ------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Detach; the creating process also removes the segment."""
-        if self._pid == os.getpid() and self._fd >= 0:
+        _LIVE.discard(self)
+        if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         self._index = self._ring = self._header = None  # type: ignore[assignment]
@@ -241,6 +259,18 @@ class SharedMemoryCache(TileCache):
     def __repr__(self) -> str:
         return (f"<SharedMemoryCache {self.name} {self.size} tiles, {self.memory_size / MiB:.1f}/"
                 f"{self.memory_capacity / MiB:.0f} MiB, hits={self.hit_count} misses={self.miss_count}>")
+
+
+_LIVE: weakref.WeakSet[SharedMemoryCache] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for cache in list(_LIVE):
+        cache._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _untrack(shm: shared_memory.SharedMemory) -> None:

@@ -109,3 +109,22 @@ def test_preferred_memory_capacity(small_slide):
     assert preferred_memory_capacity(image_size=(700, 500), tile_size=(64, 64), patch_size=(224, 224)) == 1
     with pytest.raises(ValueError):
         preferred_memory_capacity(patch_size=(1, 1))
+
+
+def _batched_reads_in_child(path: str, seed: int) -> int:
+    img = CuImage(path)
+    locs = np.random.default_rng(seed).integers(0, 400, (96, 2))
+    return sum(len(b) for b in img.read_region(locs, (64, 64), batch_size=8, num_workers=2, prefetch_factor=2))
+
+
+def test_forked_workers_with_threads_do_not_deadlock(small_slide):
+    """Right after fork, several threads of each worker use the cache at once (the DataLoader pattern)."""
+    path, _ = small_slide
+    cache = CuImage.cache("shared_memory", memory_capacity=2)  # small: constant eviction and insertion
+    CuImage(path).read_region((0, 0), (64, 64))  # the parent has used the cache before forking
+    ctx = mp.get_context("fork")
+    for _ in range(3):
+        with ctx.Pool(2) as pool:
+            counts = pool.starmap_async(_batched_reads_in_child, [(str(path), s) for s in range(4)]).get(timeout=60)
+        assert counts == [96] * 4
+    assert cache.hit_count + cache.miss_count > 0
