@@ -22,10 +22,13 @@ from cucim_like.sample import sample_slide
 
 
 class SlidePatches(IterableDataset):
-    """Batches (B, 3, H, W) float32 in [0, 1] of patches at ``locations``, shuffled per epoch by ``seed``."""
+    """Batches of patches at ``locations``, shuffled by ``seed``: (B, 3, H, W) float32 in [0, 1], or the
+    (B, H, W, 3) uint8 arrays as read with ``as_float=False`` (a quarter of the bytes between processes)."""
 
-    def __init__(self, path: str, locations: np.ndarray, size: int, batch: int, seed: int = 0) -> None:
+    def __init__(self, path: str, locations: np.ndarray, size: int, batch: int, seed: int = 0,
+                 as_float: bool = True) -> None:
         self.path, self.locations, self.size, self.batch, self.seed = path, locations, size, batch, seed
+        self.as_float = as_float
 
     def __iter__(self):
         info = get_worker_info()
@@ -39,7 +42,8 @@ class SlidePatches(IterableDataset):
         # one decode thread per worker process: the processes are the parallelism
         for patches in img.read_region(self.locations[mine], (self.size, self.size), batch_size=self.batch,
                                        num_workers=1, prefetch_factor=2):
-            yield torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255)
+            tensor = torch.from_numpy(patches)
+            yield tensor.permute(0, 3, 1, 2).float().div_(255) if self.as_float else tensor
 
 
 def tiny_cnn() -> nn.Module:
