@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss.backward()
         optimiser.step()
         seen += len(batch)
-        losses.append(float(loss))
+        losses.append(loss.item())
     elapsed = time.perf_counter() - start
     cache = CuImage.cache()
     print(f"{len(losses)} steps, {seen} patches in {elapsed:.2f} s ({seen / elapsed:.0f} patches/s), "
