@@ -10,9 +10,10 @@ from ..errors import FileAccessError, ImageFileNotFoundError, UnsupportedFormatE
 from .base import ImageSource
 
 # (name, probe on the first bytes, "module:Class"); the probe runs without importing the module.
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
 _FORMATS: list[tuple[str, object, str]] = [
-    ("tiff", lambda head: head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
-     "cucim_like.formats.tiff:TiffSource"),
+    ("tiff", lambda head: head[:4] in TIFF_MAGICS, "cucim_like.formats.tiff:TiffSource"),
 ]
 
 

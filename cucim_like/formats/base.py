@@ -6,7 +6,6 @@ Formats describe; they never decode. The planner and executors only see :class:`
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,10 +90,11 @@ class AssociatedImage:
     level: Level
 
 
-class ImageSource(ABC):
+class ImageSource:
     """An opened image file (or set of files): its levels, metadata and associated images.
 
     Subclasses fill the attributes in ``__init__`` from headers only; pixels are read by the executors.
+    Which subclass opens a file is decided by the probes of :mod:`cucim_like.formats` on its first bytes.
     """
 
     #: short name of the format family, e.g. "tiff"
@@ -116,10 +116,5 @@ class ImageSource(ABC):
         #: value used for parts of a region outside the image and for missing tiles
         self.default_fill: float = 0
 
-    @classmethod
-    @abstractmethod
-    def probe(cls, head: bytes) -> bool:
-        """True when the first bytes of a file look like this format."""
-
-    def close(self) -> None:  # noqa: B027 - most sources hold nothing open
+    def close(self) -> None:
         """Release what the source holds (the executors own the file descriptors)."""

@@ -13,8 +13,6 @@ from ..errors import CorruptFileError, UnsupportedFormatError
 from . import tiff_metadata as tm
 from .base import AssociatedImage, CodecSpec, ImageSource, Level
 
-_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
 # TIFF Compression tag -> codec registry name
 _COMPRESSION = {
     1: "none",
@@ -176,10 +174,6 @@ class TiffSource(ImageSource):
     pages/SubIFDs of decreasing size (generic pyramids); label/macro/thumbnail as associated images."""
 
     format_name = "tiff"
-
-    @classmethod
-    def probe(cls, head: bytes) -> bool:
-        return head[:4] in _MAGICS
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
