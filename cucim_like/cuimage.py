@@ -222,11 +222,7 @@ class CuImage:
         compatibility and ignored.
         """
         self._check_open()
-        if str(device).lower() != "cpu":
-            raise DeviceUnavailableError(
-                f"device {device!r} is not available: this build of cucim_like reads on the CPU only",
-                path=self._path,
-            )
+        self._check_device(device)
         lvl = self._source.levels[args.check_level(level, len(self._source.levels))]
         workers = args.check_workers(num_workers) or default_workers()
         nd = 3 if self.is_volume else 2
@@ -294,6 +290,16 @@ class CuImage:
 
         return level_to_dask(self, args.check_level(level, len(self._source.levels)), chunks)
 
+    def _check_device(self, device: str) -> None:
+        kind = str(device).lower().split(":")[0]
+        if kind == "cpu":
+            return
+        if kind == "cuda":
+            from .cuda import require_cuda
+
+            require_cuda(self._path)
+        raise DeviceUnavailableError(f"unknown device {device!r}; use 'cpu' or 'cuda'", path=self._path)
+
     def _level_starts(self, locations: np.ndarray, lvl: Level) -> np.ndarray:
         """Level-0 (x, y[, z]) locations -> (z, y, x) starts in ``lvl``'s pixels, int64 (N, 3)."""
         starts = np.zeros((len(locations), 3), np.int64)
@@ -332,6 +338,7 @@ class CuImage:
     def associated_image(self, name: str, device: str = "cpu") -> np.ndarray:
         """A label/macro/thumbnail as a NumPy array (h, w, c); UnknownAssociatedImageError for other names."""
         self._check_open()
+        self._check_device(device)
         assoc = self._source.associated.get(name)
         if assoc is None:
             raise UnknownAssociatedImageError(

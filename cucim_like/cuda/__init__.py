@@ -1,0 +1,54 @@
+"""The CUDA path's entry point. It checks what ``device="cuda"`` needs only when asked, and imports no GPU
+package before then: ``import cucim_like`` and ``device="cpu"`` never touch cupy, nvImageCodec or kvikio."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ..errors import DeviceUnavailableError
+
+# (what, module to look for, what to install)
+REQUIREMENTS: tuple[tuple[str, str, str], ...] = (
+    ("CuPy", "cupy", "cupy-cuda13x or cupy-cuda12x"),
+    ("nvImageCodec", "nvidia.nvimgcodec", "nvidia-nvimgcodec-cu13 or -cu12"),
+    ("kvikio", "kvikio", "kvikio-cu13 or -cu12"),
+)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing or broken
+        return False
+
+
+def _gpu_problem() -> str | None:
+    """None when CuPy sees at least one CUDA device, else what it reports."""
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError without a driver, ImportError of its CUDA libraries, ...
+        return f"CuPy cannot reach a CUDA device: {exc}"
+    return None if count > 0 else "CuPy sees no CUDA device"
+
+
+def missing_requirements() -> list[str]:
+    """What ``device="cuda"`` lacks on this machine: packages (with what to install), then a usable GPU."""
+    missing = [f"{what} (pip install {pip})" for what, module, pip in REQUIREMENTS if not _installed(module)]
+    if _installed("cupy"):
+        problem = _gpu_problem()
+        if problem:
+            missing.append(problem)
+    return missing
+
+
+def require_cuda(path: str | None = None) -> None:
+    """Raise DeviceUnavailableError naming what is missing for ``device="cuda"``."""
+    missing = missing_requirements()
+    if missing:
+        raise DeviceUnavailableError('device="cuda" is unavailable; missing: ' + "; ".join(missing), path=path)
+    raise DeviceUnavailableError(
+        'device="cuda": every requirement is present, but this version of cucim_like has no CUDA executor yet',
+        path=path,
+    )
