@@ -20,7 +20,7 @@ from .executors.pool import default_workers
 from .fileio import FileReader
 from .formats import open_source
 from .formats.base import ImageSource, Level
-from .plan import plan_batch, plan_region
+from .plan import Plan, plan_batch, plan_region
 
 
 class CuImage:
@@ -253,8 +253,7 @@ class CuImage:
             n = len(batch_starts)
             out = out_buf[:n].reshape(plan.out_shape) if out_buf is not None else memory.empty(plan.out_shape,
                                                                                                 lvl.dtype)
-            cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
-                        fill=fill_value, workers=workers, cache=current_cache(), progress=progress, cancel=cancel)
+            self._run(plan, lvl, out, fill_value, workers, current_cache(), progress, cancel)
             shape = (n, *extent, lvl.shape[3]) if nd == 3 else (n, *extent[1:], lvl.shape[3])
             return out.reshape(shape)
 
@@ -273,13 +272,11 @@ class CuImage:
         sz = args.check_size(args.int_tuple(size, (2, 3), "size"))
         start = (loc[2] if len(loc) == 3 else 0, loc[1], loc[0])
         extent = (sz[2] if len(sz) == 3 else 1, sz[1], sz[0])
-        args.check_output_bytes(math.prod(extent) * lvl.shape[3] * lvl.dtype.itemsize, "this read")
-        out = memory.empty((*extent, lvl.shape[3]), lvl.dtype)
+        out = self._output((*extent, lvl.shape[3]), lvl.dtype, None, 3)
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
-        cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
-                    fill=args.check_fill(self._source.default_fill if fill is None else fill, lvl.dtype),
-                    workers=args.check_workers(num_workers) or default_workers(), cache=current_cache())
-        return out
+        fill_value = args.check_fill(self._source.default_fill if fill is None else fill, lvl.dtype)
+        return self._run(plan, lvl, out, fill_value, args.check_workers(num_workers) or default_workers(),
+                         current_cache())
 
     def to_dask(self, level: int = 0, chunks: Any = None):
         """The level as a dask array ((h, w, c); volumes (d, h, w, c)), chunks aligned to tiles by default.
@@ -317,9 +314,14 @@ class CuImage:
         out_shape = (*extent, lvl.shape[3])
         out = self._output(out_shape, lvl.dtype, buf, nd)
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
-        cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
-                    fill=fill, workers=workers, cache=current_cache(), progress=progress)
+        self._run(plan, lvl, out, fill, workers, current_cache(), progress)
         return out if nd == 3 else out[0]
+
+    def _run(self, plan: Plan, lvl: Level, out: np.ndarray, fill: float, workers: int, cache: TileCache | None,
+             progress: Callable[[int], None] | None = None, cancel=None) -> np.ndarray:
+        """Execute ``plan`` on ``lvl`` of this image's files into ``out`` (the one place reads run)."""
+        return cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
+                           fill=fill, workers=workers, cache=cache, progress=progress, cancel=cancel)
 
     def _output(self, shape: tuple[int, ...], dtype: np.dtype, buf: np.ndarray | None, nd: int) -> np.ndarray:
         want = shape if nd == 3 else shape[1:]
@@ -347,11 +349,8 @@ class CuImage:
             )
         lvl = assoc.level
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, (0, 0, 0), lvl.shape[:3])
-        args.check_output_bytes(math.prod(plan.out_shape) * lvl.dtype.itemsize, f"associated image {name!r}")
-        out = memory.empty(plan.out_shape, lvl.dtype)
-        cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
-                    fill=self._source.default_fill, workers=1, cache=None)
-        return out[0]
+        out = self._output(plan.out_shape, lvl.dtype, None, 3)
+        return self._run(plan, lvl, out, self._source.default_fill, 1, None)[0]
 
     # -- life cycle ----------------------------------------------------------------------------------------
     def _check_open(self) -> None:
