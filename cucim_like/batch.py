@@ -11,12 +11,15 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InvalidArgumentError
 from .executors.pool import thread_pool
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 # Batches run on a small shared pool of producer threads (each batch then fans its tiles out to the decode
 # pool): iterators own no threads, so none can leak.
