@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,9 +30,12 @@ class CuImage:
     (H, W, C) of the image's dtype, in CPU memory.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self._path = os.fspath(path)
-        self._source: ImageSource = open_source(self._path)
+    def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], *, series_uid: str | None = None,
+                 ) -> None:
+        self._path_arg = os.fspath(path) if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
+        self._series_uid = series_uid
+        self._source: ImageSource = open_source(self._path_arg, series_uid=series_uid)
+        self._path = self._source.path
         self._readers = [FileReader(p) for p in self._source.files]
         self._file_keys = [r.identity for r in self._readers]
         self._closed = False
@@ -59,18 +62,28 @@ class CuImage:
 
     @property
     def is_volume(self) -> bool:
-        return self._level0.shape[0] > 1
+        volume = self._source.volume
+        return self._level0.shape[0] > 1 if volume is None else volume
+
+    @property
+    def _drop_channel(self) -> bool:
+        """Single-channel volumes have no channel axis (dims "ZYX")."""
+        return self.is_volume and self._level0.shape[3] == 1
 
     @property
     def dims(self) -> str:
-        """Axis letters of ``shape``: "YXC" for slides, "ZYXC" for volumes."""
-        return "ZYXC" if self.is_volume else "YXC"
+        """Axis letters of ``shape``: "YXC" for slides, "ZYXC" for volumes ("ZYX" with one channel)."""
+        if self.is_volume:
+            return "ZYX" if self._drop_channel else "ZYXC"
+        return "YXC"
 
     @property
     def shape(self) -> list[int]:
         """Level-0 shape in ``dims`` order."""
         z, y, x, c = self._level0.shape
-        return [z, y, x, c] if self.is_volume else [y, x, c]
+        if self.is_volume:
+            return [z, y, x] if self._drop_channel else [z, y, x, c]
+        return [y, x, c]
 
     def size(self, dim_order: str = "") -> list[int]:
         """Sizes along ``dim_order`` (e.g. "XY"), or along ``dims`` when empty."""
@@ -117,8 +130,8 @@ class CuImage:
         return list(self._source.channel_names)
 
     def spacing(self, dim_order: str = "") -> list[float]:
-        """Physical size of a level-0 pixel along ``dim_order`` (default ``dims``): micrometres for slides;
-        1.0 where unknown and for the channel axis."""
+        """Physical size of a level-0 pixel along ``dim_order`` (default ``dims``): micrometres for slides,
+        millimetres for DICOM volumes (see ``spacing_units``); 1.0 where unknown and for the channel axis."""
         zyx = self._source.pixel_spacing or (1.0, 1.0, 1.0)
         values = {"Z": zyx[0], "Y": zyx[1], "X": zyx[2], "C": 1.0}
         return [float(values[d]) for d in (dim_order or self.dims).upper()]
@@ -129,11 +142,28 @@ class CuImage:
 
     @property
     def origin(self) -> list[float]:
-        return [0.0, 0.0, 0.0]
+        """Position (x, y, z) of the first voxel's centre in the patient/slide frame (DICOM volumes: mm)."""
+        return [float(v) for v in self._source.origin]
 
     @property
     def direction(self) -> list[list[float]]:
-        return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        """3 x 3 direction cosines; column j is the direction of the image's x, y, z axis (ITK convention)."""
+        return [list(row) for row in self._source.direction]
+
+    @property
+    def icc_profile(self) -> bytes | None:
+        """The ICC colour profile stored with the pixels, or None."""
+        return self._source.icc_profile
+
+    @property
+    def optical_paths(self) -> list[str]:
+        """DICOM optical path identifiers (select with ``read_region(optical_path=...)``); [] for other formats."""
+        return list(dict.fromkeys(k[0] for k in self._source.variants))
+
+    @property
+    def focal_planes(self) -> list[float]:
+        """DICOM focal plane z offsets in micrometres (select with ``read_region(focal_plane=index)``)."""
+        return sorted({k[1] for k in self._source.variants})
 
     @property
     def coord_sys(self) -> str:
@@ -209,6 +239,9 @@ class CuImage:
         *,
         fill: float | None = None,
         progress: Callable[[int], None] | None = None,
+        optical_path: str | int | None = None,
+        focal_plane: int | float | None = None,
+        rescale: bool = False,
     ) -> np.ndarray | BatchIterator:
         """Read ``size`` (w, h) pixels at ``location`` (x, y, level-0 coordinates) of ``level``.
 
@@ -220,15 +253,24 @@ class CuImage:
         ``num_workers``: decode threads, 0 = one per CPU. ``progress`` is called with the number of tiles
         finished as they finish (possibly from worker threads). ``shm_name`` is accepted for cuCIM
         compatibility and ignored.
+
+        Volumes: ``location`` (x, y, z), ``size`` (w, h, d), arrays (d, h, w[, c]). ``rescale=True`` applies
+        the DICOM RescaleSlope/Intercept of each slice and returns float32 (single reads only). DICOM slides
+        with several optical paths or focal planes: ``optical_path`` (identifier or index) and
+        ``focal_plane`` (index, or a z offset in micrometres as a float) choose one; default the first.
         """
         self._check_open()
         self._check_device(device)
-        lvl = self._source.levels[args.check_level(level, len(self._source.levels))]
+        levels = self._variant_levels(optical_path, focal_plane)
+        lvl = levels[args.check_level(level, len(levels))]
+        if rescale and (buf is not None or batch_size != 1):
+            raise InvalidArgumentError("rescale=True works on single reads without buf")
         workers = args.check_workers(num_workers) or default_workers()
         nd = 3 if self.is_volume else 2
         fill_value = args.check_fill(self._source.default_fill if fill is None else fill, lvl.dtype)
         if location is None and size is None:
-            return self._read(lvl, (0, 0, 0), lvl.shape[:3], buf, fill_value, workers, progress)
+            out = self._read(lvl, (0, 0, 0), lvl.shape[:3], buf, fill_value, workers, progress)
+            return self._rescaled(out, 0) if rescale else out
         if location is None or size is None:
             raise InvalidArgumentError("give both location and size, or neither for the whole level")
         sz = args.check_size(args.int_tuple(size, nd, "size"))
@@ -237,12 +279,16 @@ class CuImage:
         b, prefetch = check_batch_arguments(batch_size, prefetch_factor)
         starts = self._level_starts(locations, lvl)
         if single or (len(starts) == 1 and b == 1):
-            return self._read(lvl, tuple(starts[0].tolist()), extent, buf, fill_value, workers, progress)
+            out = self._read(lvl, tuple(starts[0].tolist()), extent, buf, fill_value, workers, progress)
+            return self._rescaled(out, int(starts[0][0])) if rescale else out
+        if rescale:
+            raise InvalidArgumentError("rescale=True works on single reads")
         if any(e > s for e, s in zip(extent, lvl.shape[:3], strict=True)):
             raise InvalidArgumentError(f"patch size {tuple(sz)} is larger than level {lvl.index} "
                                        f"({lvl.width} x {lvl.height})", path=self._path)
+        channel = () if self._drop_channel else (lvl.shape[3],)
         if buf is not None:
-            want = (b, *(extent if nd == 3 else extent[1:]), lvl.shape[3])
+            want = (b, *(extent if nd == 3 else extent[1:]), *channel)
             if (not isinstance(buf, np.ndarray) or buf.shape != want or buf.dtype != lvl.dtype
                     or not buf.flags.c_contiguous or not buf.flags.writeable):
                 raise InvalidArgumentError(f"buf must be a writable C-contiguous array of shape {want} and dtype "
@@ -254,11 +300,62 @@ class CuImage:
             out = out_buf[:n].reshape(plan.out_shape) if out_buf is not None else memory.empty(plan.out_shape,
                                                                                                 lvl.dtype)
             self._run(plan, lvl, out, fill_value, workers, current_cache(), progress, cancel)
-            shape = (n, *extent, lvl.shape[3]) if nd == 3 else (n, *extent[1:], lvl.shape[3])
+            shape = (n, *extent, *channel) if nd == 3 else (n, *extent[1:], *channel)
             return out.reshape(shape)
 
         return BatchIterator(starts, b, bool(drop_last), prefetch, bool(shuffle), args.as_int(seed, "seed"),
                              run_batch, buf)
+
+    def _variant_levels(self, optical_path: str | int | None, focal_plane: int | float | None) -> list[Level]:
+        """The levels of the chosen optical path and focal plane (DICOM); the default levels otherwise."""
+        if optical_path is None and focal_plane is None:
+            return self._source.levels
+        variants = self._source.variants
+        if not variants:
+            raise InvalidArgumentError("optical_path and focal_plane apply to DICOM slides only", path=self._path)
+        paths, planes = self.optical_paths, self.focal_planes
+        default_path, default_z = next(iter(variants))
+        if optical_path is None:
+            path_id = default_path
+        elif isinstance(optical_path, (int, np.integer)) and not isinstance(optical_path, bool):
+            if not 0 <= optical_path < len(paths):
+                raise InvalidArgumentError(f"optical_path index {optical_path} is out of range; the slide has "
+                                           f"{paths}", path=self._path)
+            path_id = paths[int(optical_path)]
+        else:
+            path_id = str(optical_path)
+        if focal_plane is None:
+            z = default_z
+        elif isinstance(focal_plane, (int, np.integer)) and not isinstance(focal_plane, bool):
+            if not 0 <= focal_plane < len(planes):
+                raise InvalidArgumentError(f"focal_plane index {focal_plane} is out of range; the slide has "
+                                           f"{len(planes)} focal planes", path=self._path)
+            z = planes[int(focal_plane)]
+        else:
+            z = round(float(focal_plane), 6)
+        levels = variants.get((path_id, z))
+        if levels is None:
+            raise InvalidArgumentError(f"no pixels for optical path {path_id!r} at focal plane {z} um; optical "
+                                       f"paths {paths}, focal planes {planes}", path=self._path)
+        return levels
+
+    def _rescaled(self, out: np.ndarray, z0: int) -> np.ndarray:
+        """``out`` (d, h, w[, c]) as float32 with each slice's RescaleSlope/Intercept applied (z0 = first slice)."""
+        result = out.astype(np.float32)
+        table = self._source.rescale
+        if table is None or not self.is_volume:
+            return result
+        d = result.shape[0]
+        z = np.arange(z0, z0 + d)
+        inside = (z >= 0) & (z < len(table))
+        slope = np.ones(d, np.float32)
+        intercept = np.zeros(d, np.float32)
+        slope[inside] = table[z[inside], 0]
+        intercept[inside] = table[z[inside], 1]
+        shape = (d,) + (1,) * (result.ndim - 1)
+        result *= slope.reshape(shape)
+        result += intercept.reshape(shape)
+        return result
 
     def read_level_region(self, location: Any, size: Any, level: int = 0, num_workers: int = 0,
                           fill: float | None = None) -> np.ndarray:
@@ -315,6 +412,8 @@ class CuImage:
         out = self._output(out_shape, lvl.dtype, buf, nd)
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
         self._run(plan, lvl, out, fill, workers, current_cache(), progress)
+        if self._drop_channel:
+            return out[..., 0]
         return out if nd == 3 else out[0]
 
     def _run(self, plan: Plan, lvl: Level, out: np.ndarray, fill: float, workers: int, cache: TileCache | None,
@@ -325,6 +424,11 @@ class CuImage:
 
     def _output(self, shape: tuple[int, ...], dtype: np.dtype, buf: np.ndarray | None, nd: int) -> np.ndarray:
         want = shape if nd == 3 else shape[1:]
+        if buf is not None and self._drop_channel and nd == 3:
+            want = shape[:-1]
+            if isinstance(buf, np.ndarray) and tuple(buf.shape) == tuple(want):
+                buf = buf[..., np.newaxis]
+                want = shape
         if buf is None:
             args.check_output_bytes(math.prod(shape) * dtype.itemsize, "this read")
             return memory.empty(shape, dtype)
@@ -372,9 +476,13 @@ class CuImage:
         self.close()
 
     def __reduce__(self):
-        return (CuImage, (self._path,))
+        return (_reopen, (self._path_arg, self._series_uid))
 
     def __repr__(self) -> str:
         state = "closed " if self._closed else ""
         return (f"<{state}CuImage {self._path!r} {self._source.format_name}/{self._source.vendor} "
                 f"shape={self.shape} dtype={self.dtype} levels={len(self._source.levels)}>")
+
+
+def _reopen(path: Any, series_uid: str | None) -> CuImage:
+    return CuImage(path, series_uid=series_uid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 
@@ -22,6 +23,7 @@ class FileReader:
         self.identity = file_identity(path)
         self.size = self.identity[2]
         self._fd: int | None = None
+        self._map: mmap.mmap | None = None
         self._lock = threading.Lock()
 
     def _descriptor(self) -> int:
@@ -51,8 +53,38 @@ class FileReader:
             )
         return data
 
+    def view(self, start: int, stop: int, *, level: int | None = None, tile: object = None) -> memoryview:
+        """Bytes [start, stop) as a read-only view of a memory map of the file: no copy, pages read on use.
+
+        Callers must not keep the view past ``close`` (the map itself stays valid until collected).
+        """
+        if start < 0 or stop > self.size or stop < start:
+            raise CorruptFileError(
+                f"byte range {start}-{stop} lies outside the file of {self.size} bytes",
+                path=self.path, level=level, tile=tile,
+            )
+        mp = self._map
+        if mp is None:
+            with self._lock:
+                if self._map is None:
+                    if os.fstat(self._descriptor_unlocked()).st_size < self.size:
+                        raise CorruptFileError("the file was truncated after opening", path=self.path,
+                                               level=level, tile=tile)
+                    self._map = mmap.mmap(self._descriptor_unlocked(), self.size, access=mmap.ACCESS_READ)
+                mp = self._map
+        return memoryview(mp)[start:stop]
+
+    def _descriptor_unlocked(self) -> int:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError as exc:
+                raise ImageFileNotFoundError("file disappeared", path=self.path) from exc
+        return self._fd
+
     def close(self) -> None:
         with self._lock:
+            self._map = None  # views handed out keep it alive; it unmaps when the last one goes
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

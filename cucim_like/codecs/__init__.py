@@ -28,6 +28,10 @@ _REGISTRY: dict[str, str] = {
     "jpeg": "cucim_like.codecs.jpeg:JpegDecoder",
     "jpeg2000": "cucim_like.codecs.jpeg2000:Jpeg2000Decoder",
     "webp": "cucim_like.codecs.webp:WebpDecoder",
+    "dicom-native": "cucim_like.codecs.dicom:NativeFrameDecoder",
+    "jpegls": "cucim_like.codecs.dicom:JpegLsDecoder",
+    "ljpeg": "cucim_like.codecs.dicom:LosslessJpegDecoder",
+    "dicomrle": "cucim_like.codecs.dicom:DicomRleDecoder",
 }
 _lock = threading.Lock()
 
@@ -82,7 +86,12 @@ def get_decoder(level: Level) -> Decoder:
     with _lock:
         if not level._decoder:
             cls = _load(level.codec.name)
-            level._decoder.append(cls(level.codec, level.decoded_tile_shape, level.dtype))
+            decoder = cls(level.codec, level.decoded_tile_shape, level.dtype)
+            if level.codec.framing == "dicom-items":
+                from .dicom import ItemFramedDecoder
+
+                decoder = ItemFramedDecoder(decoder)
+            level._decoder.append(decoder)
     return level._decoder[0]
 
 

@@ -9,8 +9,10 @@ from ..errors import DecodeError
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def jpeg_frame(data: bytes | memoryview) -> tuple[int, int, int, int]:
-    """(precision, height, width, components) from a JPEG stream's SOF marker.
+def jpeg_frame(data: bytes | memoryview, markers: frozenset[int] | set[int] = _SOF_MARKERS,
+               ) -> tuple[int, int, int, int]:
+    """(precision, height, width, components) from a JPEG stream's frame header (a marker of ``markers``:
+    the SOFn of ITU T.81 by default; SOF55 for JPEG-LS).
 
     Works on abbreviated streams (tables elsewhere). Raises DecodeError when no SOF comes before the scan.
     """
@@ -32,7 +34,7 @@ def jpeg_frame(data: bytes | memoryview) -> tuple[int, int, int, int]:
         (length,) = struct.unpack_from(">H", buf, i + 2)
         if length < 2:
             raise DecodeError(f"JPEG segment length {length} at byte {i}")
-        if marker in _SOF_MARKERS:
+        if marker in markers:
             if i + 4 + 6 > n:
                 break
             precision, height, width, comps = struct.unpack_from(">BHHB", buf, i + 4)

@@ -71,15 +71,26 @@ class _Read:
             self.decoder: Decoder = get_decoder(level)
         except CucimLikeError as exc:
             raise type(exc)(exc.message, path=path, level=level.index) from exc
-        self.offsets = level.offsets.reshape(-1)
-        self.lengths = level.bytecounts.reshape(-1)
-        self.file_ids = level.file_ids.reshape(-1) if level.file_ids is not None else None
+        try:
+            offsets, lengths, file_ids = level.tile_table()
+        except CucimLikeError as exc:
+            raise type(exc)(exc.message, path=exc.path or path, level=level.index, tile=exc.tile) from exc
+        self.offsets = offsets.reshape(-1)
+        self.lengths = lengths.reshape(-1)
+        self.file_ids = file_ids.reshape(-1) if file_ids is not None else None
+        # decoders that hand back views of the stored bytes (native DICOM frames) read from a memory map
+        self.zero_copy = bool(getattr(self.decoder, "zero_copy", False))
+        if self.zero_copy:
+            self.insert = False  # the page cache holds such tiles already
 
     def file_of(self, tile: int) -> int:
         return int(self.file_ids[tile]) if self.file_ids is not None else 0
 
     def cache_key(self, tile: int) -> tuple:
-        return (self.file_keys[self.file_of(tile)], self.level.index, tile)
+        level = self.level
+        if level.variant:
+            return (self.file_keys[self.file_of(tile)], level.index, level.variant, tile)
+        return (self.file_keys[self.file_of(tile)], level.index, tile)
 
     def place(self, tile_arr: np.ndarray, jobs: list[TileJob], tile: int) -> None:
         out = self.out
@@ -112,7 +123,10 @@ class _Read:
     def read_range(self, rng: ByteRange) -> memoryview:
         tile = rng.tiles[0] if len(rng.tiles) == 1 else None
         coords = tile_coords(self.level, tile) if tile is not None else None
-        return memoryview(self.readers[rng.file_id].read(rng.start, rng.stop, level=self.level.index, tile=coords))
+        reader = self.readers[rng.file_id]
+        if self.zero_copy:
+            return reader.view(rng.start, rng.stop, level=self.level.index, tile=coords)
+        return memoryview(reader.read(rng.start, rng.stop, level=self.level.index, tile=coords))
 
     def tile_bytes(self, rng: ByteRange, buf: memoryview, tile: int) -> memoryview:
         start = int(self.offsets[tile]) - rng.start

@@ -6,6 +6,8 @@ Formats describe; they never decode. The planner and executors only see :class:`
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,9 @@ class CodecSpec:
     "lzma", "packbits", "none"). ``colorspace`` names the colour of the samples as stored in the stream
     ("RGB", "YCbCr", "gray", or None for the codec's default); the decoders always deliver RGB for 3 samples.
     ``predictor`` is the TIFF predictor (1 none, 2 horizontal, 3 floating point); ``byteorder`` the order of
-    multi-byte samples inside uncompressed data ("<" or ">").
+    multi-byte samples inside uncompressed data ("<" or ">"). ``framing`` "dicom-items" says a tile's bytes
+    are DICOM encapsulated fragments (item headers included) to be joined before decoding; ``planar`` says
+    a multi-sample native tile stores its samples plane after plane (DICOM PlanarConfiguration 1).
     """
 
     name: str
@@ -28,6 +32,8 @@ class CodecSpec:
     colorspace: str | None = None
     predictor: int = 1
     byteorder: str = "<"
+    framing: str | None = None
+    planar: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +44,11 @@ class Level:
     (contiguous), c when each tile holds one sample (planar separate). ``offsets``/``bytecounts``/``file_ids``
     are int64 arrays of shape (planes, gz, gy, gx): where each tile's bytes are (bytecount 0 = missing tile,
     read as fill). Decoded tiles are arrays (tz, ty, tx, c // planes) of ``dtype`` (native byte order).
+
+    A format whose tile table is costly to build (DICOM without an offset table) passes ``offsets`` and
+    ``bytecounts`` as None and a ``table_loader`` instead: it runs once, on first read (:meth:`tile_table`).
+    ``variant`` tells apart levels of the same index that hold other pixels (DICOM optical paths and focal
+    planes); it is part of tile cache keys.
     """
 
     index: int
@@ -50,7 +61,21 @@ class Level:
     bytecounts: np.ndarray
     planes: int = 1
     file_ids: np.ndarray | None = None
+    table_loader: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = field(
+        default=None, repr=False)
+    variant: int = 0
     _decoder: list = field(default_factory=list, repr=False)  # lazily resolved decoder, one slot
+    _table: list = field(default_factory=list, repr=False)  # lazily loaded tile table, one slot
+
+    def tile_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(offsets, bytecounts, file_ids) as int64 arrays of shape ``grid`` (file_ids None: one file)."""
+        if self.table_loader is None:
+            return self.offsets, self.bytecounts, self.file_ids
+        if not self._table:
+            with _table_lock:
+                if not self._table:
+                    self._table.append(self.table_loader())
+        return self._table[0]
 
     @property
     def grid(self) -> tuple[int, int, int, int]:
@@ -80,6 +105,9 @@ class Level:
     @property
     def height(self) -> int:
         return self.shape[1]
+
+
+_table_lock = threading.Lock()
 
 
 @dataclass
@@ -115,6 +143,17 @@ class ImageSource:
         self.channel_names: list[str] = []
         #: value used for parts of a region outside the image and for missing tiles
         self.default_fill: float = 0
+        #: True for 3-D volumes (dims "ZYX[C]") even with one slice; None: a volume when level 0 has z > 1
+        self.volume: bool | None = None
+        #: position of the first voxel and direction cosines (ITK convention: column j = direction of axis j)
+        self.origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.direction: tuple[tuple[float, ...], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+        #: per-slice (slope, intercept) of level 0, shape (z, 2), for ``rescale=True``; None when not defined
+        self.rescale: np.ndarray | None = None
+        #: ICC colour profile of the pixels, when the file has one
+        self.icc_profile: bytes | None = None
+        #: other pixel sets of the same image (DICOM optical paths x focal planes): key -> levels
+        self.variants: dict[tuple[str, float], list[Level]] = {}
 
     def close(self) -> None:
         """Release what the source holds (the executors own the file descriptors)."""

@@ -1,0 +1,184 @@
+"""DICOM frame decoders: native frames (zero-copy views), JPEG-LS, lossless JPEG, DICOM RLE, and the joining of
+encapsulated fragments into one frame.
+
+Every decoder checks the size the stream declares against the frame before decoding, and delivers
+(1, rows, columns, samples) arrays with RGB for 3 samples (YBR_FULL is converted).
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import sys
+
+import numpy as np
+
+from ..errors import CodecUnavailableError, DecodeError
+from ..formats.base import CodecSpec
+from . import Decoder, imagecodecs_function
+from .headers import jpeg_frame
+from .jpeg2000 import ycbcr_to_rgb
+
+_NATIVE = "<" if sys.byteorder == "little" else ">"
+_ITEM = 0xE000FFFE  # (FFFE,E000) read as a little-endian uint32 of group then element
+_SEQUENCE_END = 0xE0DDFFFE
+_JPEGLS_SOF = frozenset({0xF7})
+_LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+
+
+def join_items(data: bytes | memoryview) -> bytes | memoryview:
+    """The payload of the encapsulated items in ``data`` (one frame's fragments), joined.
+
+    One fragment comes back as a view (no copy). Stops at a sequence delimiter or at the end of ``data``;
+    raises DecodeError when an item runs past the data or no item holds bytes.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    n = len(view)
+    pos = 0
+    parts: list[memoryview] = []
+    while pos + 8 <= n:
+        tag, length = struct.unpack_from("<II", view, pos)
+        if tag == _SEQUENCE_END:
+            break
+        if tag != _ITEM:
+            if parts:
+                break  # bytes after the frame's last fragment (a read rounded up to the pixel data's end)
+            raise DecodeError(f"encapsulated frame does not start with an item tag (found {tag:#010x})")
+        if length == 0xFFFFFFFF or pos + 8 + length > n:
+            raise DecodeError(f"fragment of {length} bytes at +{pos} runs past the frame's {n} bytes")
+        if length:
+            parts.append(view[pos + 8 : pos + 8 + length])
+        pos += 8 + length
+    if not parts:
+        raise DecodeError("encapsulated frame holds no data (no fragment, or only empty ones)")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class ItemFramedDecoder(Decoder):
+    """Joins a frame's DICOM fragments, then hands the stream to the codec's decoder."""
+
+    def __init__(self, inner: Decoder) -> None:
+        super().__init__(inner.spec, inner.tile_shape, inner.dtype)
+        self.inner = inner
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
+        return self.inner.decode(join_items(data), out)
+
+
+def _check_frame(height: int, width: int, comps: int, tile_shape: tuple[int, ...], what: str) -> None:
+    _, ty, tx, cs = tile_shape
+    if height != ty or width != tx or comps != cs:
+        raise DecodeError(f"{what} frame is {height}x{width}x{comps}, the image's frames are {ty}x{tx}x{cs}")
+
+
+def _to_rgb(spec: CodecSpec, target: np.ndarray) -> None:
+    if spec.colorspace == "YCbCr" and target.shape[-1] == 3:
+        ycbcr_to_rgb(target, target)
+
+
+class NativeFrameDecoder(Decoder):
+    """Uncompressed frames, served as views of the stored bytes (a memory map): no copy, no widening.
+
+    Big-endian or planar frames come back as views too (non-native dtype, transposed strides); the copy
+    into the output converts them. Only YBR_FULL frames are converted here, into ``out``.
+    """
+
+    zero_copy = True
+
+    def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
+        super().__init__(spec, tile_shape, dtype)
+        self._stored = self.dtype.newbyteorder(spec.byteorder) if self.dtype.itemsize > 1 else self.dtype
+        self._nbytes = int(np.prod(tile_shape)) * self.dtype.itemsize
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
+        if len(data) < self._nbytes:
+            raise DecodeError(f"native frame holds {len(data)} bytes, {self._nbytes} are needed")
+        tz, ty, tx, cs = self.tile_shape
+        flat = np.frombuffer(data, dtype=self._stored, count=self._nbytes // self.dtype.itemsize)
+        if self.spec.planar and cs > 1:
+            arr = flat.reshape(tz, cs, ty, tx).transpose(0, 2, 3, 1)
+        else:
+            arr = flat.reshape(self.tile_shape)
+        if self.spec.colorspace == "YCbCr" and cs == 3:
+            out[...] = arr
+            _to_rgb(self.spec, out[0])
+            return out
+        return arr
+
+
+class JpegLsDecoder(Decoder):
+    """JPEG-LS (lossless and near-lossless) frames via CharLS."""
+
+    def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
+        super().__init__(spec, tile_shape, dtype)
+        self._decode = imagecodecs_function("jpegls", "jpegls_decode")
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
+        precision, height, width, comps = jpeg_frame(data, _JPEGLS_SOF)
+        _check_frame(height, width, comps, self.tile_shape, "JPEG-LS")
+        if precision > self.dtype.itemsize * 8:
+            raise DecodeError(f"JPEG-LS precision {precision} does not fit {self.dtype}")
+        target = out[0] if comps > 1 else out[0, :, :, 0]
+        try:
+            self._decode(data, out=target)
+        except Exception as exc:
+            raise DecodeError(f"JPEG-LS stream is damaged: {exc}") from exc
+        _to_rgb(self.spec, out[0])
+        return out
+
+
+class LosslessJpegDecoder(Decoder):
+    """Lossless JPEG (process 14, ITU T.81 SOF3) frames."""
+
+    def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
+        super().__init__(spec, tile_shape, dtype)
+        self._decode = imagecodecs_function("ljpeg", "ljpeg_decode")
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
+        precision, height, width, comps = jpeg_frame(data, _LOSSLESS_SOF)
+        _check_frame(height, width, comps, self.tile_shape, "lossless JPEG")
+        if precision > self.dtype.itemsize * 8:
+            raise DecodeError(f"lossless JPEG precision {precision} does not fit {self.dtype}")
+        try:
+            arr = self._decode(data)
+        except Exception as exc:
+            raise DecodeError(f"lossless JPEG stream is damaged: {exc}") from exc
+        if arr.size != out.size:
+            raise DecodeError(f"lossless JPEG decoded to {arr.shape}, the frame is {self.tile_shape[1:]}")
+        out.reshape(-1)[...] = arr.reshape(-1)
+        _to_rgb(self.spec, out[0])
+        return out
+
+
+class DicomRleDecoder(Decoder):
+    """DICOM RLE Lossless frames: one segment per sample byte, most significant byte first."""
+
+    def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
+        super().__init__(spec, tile_shape, dtype)
+        self._decode = imagecodecs_function("dicomrle", "dicomrle_decode")
+        if self.dtype.itemsize not in (1, 2, 4):
+            raise CodecUnavailableError(f"RLE frames of {self.dtype} are not supported")
+        self._segments = tile_shape[3] * self.dtype.itemsize
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
+        if len(data) < 64:
+            raise DecodeError(f"RLE frame of {len(data)} bytes is shorter than its 64-byte header")
+        header = struct.unpack_from("<16I", data, 0)
+        nseg = header[0]
+        if nseg != self._segments:
+            raise DecodeError(f"RLE header declares {nseg} segments, the frame has {self._segments}")
+        offsets = header[1 : 1 + nseg]
+        if offsets[0] != 64 or any(b < a for a, b in itertools.pairwise(offsets)) or (
+                offsets[-1] > len(data)):
+            raise DecodeError("RLE segment offsets are out of order or past the frame")
+        _, ty, tx, cs = self.tile_shape
+        try:
+            raw = self._decode(bytes(data), dtype=self.dtype.newbyteorder("<"))
+        except Exception as exc:
+            raise DecodeError(f"RLE stream is damaged: {exc}") from exc
+        if len(raw) != out.nbytes:
+            raise DecodeError(f"RLE frame decoded to {len(raw)} bytes, {out.nbytes} expected")
+        planes = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<")).reshape(cs, ty, tx)
+        out[0] = planes.transpose(1, 2, 0)
+        _to_rgb(self.spec, out[0])
+        return out

@@ -1,0 +1,217 @@
+"""One DICOM instance from its header: geometry, sample type, codec, and where its pixel data lies.
+
+Opening parses the header with pydicom up to the Pixel Data element and reads that element's own header (a
+few bytes); the frame index (offset and length of every frame) is built on first use and kept.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from typing import Any
+
+import numpy as np
+
+from ...errors import CorruptFileError, CucimLikeError, UnsupportedFormatError
+from ..base import CodecSpec
+
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+# transfer syntax -> (codec, byte order of native samples)
+_NATIVE = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">"}
+_ENCAPSULATED = {
+    "1.2.840.10008.1.2.4.50": "jpeg",  # baseline
+    "1.2.840.10008.1.2.4.51": "jpeg",  # extended (12-bit)
+    "1.2.840.10008.1.2.4.57": "ljpeg",  # lossless process 14
+    "1.2.840.10008.1.2.4.70": "ljpeg",  # lossless process 14, selection value 1
+    "1.2.840.10008.1.2.4.80": "jpegls",
+    "1.2.840.10008.1.2.4.81": "jpegls",  # near-lossless
+    "1.2.840.10008.1.2.4.90": "jpeg2000",  # lossless only
+    "1.2.840.10008.1.2.4.91": "jpeg2000",
+    "1.2.840.10008.1.2.4.92": "jpeg2000",  # part 2 multi-component
+    "1.2.840.10008.1.2.4.93": "jpeg2000",
+    "1.2.840.10008.1.2.4.201": "jpeg2000",  # HTJ2K lossless (OpenJPEG decodes HTJ2K)
+    "1.2.840.10008.1.2.4.202": "jpeg2000",  # HTJ2K RPCL lossless
+    "1.2.840.10008.1.2.4.203": "jpeg2000",  # HTJ2K
+    "1.2.840.10008.1.2.5": "dicomrle",
+}
+# a frame must start with one of these (used to find frame boundaries when several fragments make a frame)
+_FRAME_STARTS = {
+    "jpeg": (b"\xff\xd8",),
+    "ljpeg": (b"\xff\xd8",),
+    "jpegls": (b"\xff\xd8",),
+    "jpeg2000": (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  "),
+}
+_MAX_FRAMES = 1 << 24
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError as exc:  # pragma: no cover - core dependency
+        raise UnsupportedFormatError("reading DICOM needs pydicom (pip install pydicom)") from exc
+    return pydicom
+
+
+def read_dataset(path: str, *, stop_before_pixels: bool = True):
+    """(dataset without pixel data, file position of the Pixel Data element or -1). Typed errors only."""
+    pydicom = _pydicom()
+    try:
+        with open(path, "rb") as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, defer_size="1 MB")
+            pos = fh.tell()
+            fh.seek(0, os.SEEK_END)
+            end = fh.tell()
+    except CucimLikeError:
+        raise
+    except PermissionError as exc:
+        from ...errors import FileAccessError
+
+        raise FileAccessError(f"permission denied: {exc.strerror}", path=path) from exc
+    except Exception as exc:  # pydicom raises many kinds (InvalidDicomError, struct.error, EOFError, ...)
+        raise CorruptFileError(f"DICOM header cannot be parsed: {exc}", path=path) from exc
+    return ds, (pos if pos < end else -1)
+
+
+def _int(ds, keyword: str, default: int | None = None, *, path: str) -> int:
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        if default is None:
+            raise CorruptFileError(f"DICOM attribute {keyword} is missing", path=path)
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise CorruptFileError(f"DICOM attribute {keyword} is not an integer: {value!r}", path=path) from exc
+
+
+class DicomInstance:
+    """One DICOM file: header dataset, frame geometry (rows, columns, samples), dtype, codec, frame index."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file_size = os.path.getsize(path)
+        ds, pixel_pos = read_dataset(path)
+        self.ds = ds
+        self.transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+        if self.transfer_syntax == DEFLATED:
+            raise UnsupportedFormatError("Deflated Explicit VR Little Endian DICOM is not supported yet: its pixel "
+                                         "data cannot be read without inflating the whole file", path=path)
+        self.sop_class = str(ds.get("SOPClassUID", ""))
+        self.series_uid = str(ds.get("SeriesInstanceUID", ""))
+        self.rows = _int(ds, "Rows", path=path)
+        self.columns = _int(ds, "Columns", path=path)
+        self.samples = _int(ds, "SamplesPerPixel", 1, path=path)
+        self.frames = _int(ds, "NumberOfFrames", 1, path=path)
+        bits = _int(ds, "BitsAllocated", path=path)
+        signed = _int(ds, "PixelRepresentation", 0, path=path) == 1
+        self.photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+        if self.rows <= 0 or self.columns <= 0 or self.samples not in (1, 3, 4) or not 0 < self.frames <= _MAX_FRAMES:
+            raise CorruptFileError(f"DICOM frame geometry is invalid: {self.rows} rows x {self.columns} columns x "
+                                   f"{self.samples} samples, {self.frames} frames", path=path)
+        if bits not in (8, 16, 32):
+            raise UnsupportedFormatError(f"DICOM BitsAllocated {bits} is not supported (8, 16 or 32)", path=path)
+        self.dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+        self.codec = self._codec_spec(ds)
+        self.frame_nbytes = self.rows * self.columns * self.samples * self.dtype.itemsize
+        self._pixel_element(pixel_pos)
+        self._frame_table: tuple[np.ndarray, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    # -- codec ---------------------------------------------------------------------------------------------
+    def _codec_spec(self, ds) -> CodecSpec:
+        ts = self.transfer_syntax
+        planar = self.samples > 1 and int(ds.get("PlanarConfiguration", 0) or 0) == 1
+        ybr = self.photometric in ("YBR_FULL",)
+        if ts in _NATIVE:
+            if self.photometric in ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"):
+                raise UnsupportedFormatError(f"native {self.photometric} (subsampled) frames are not supported",
+                                             path=self.path)
+            return CodecSpec("dicom-native", byteorder=_NATIVE[ts], planar=planar,
+                             colorspace="YCbCr" if ybr else None)
+        name = _ENCAPSULATED.get(ts)
+        if name is None:
+            raise UnsupportedFormatError(f"DICOM transfer syntax {ts} is not supported", path=self.path)
+        colorspace = None
+        if name == "jpeg" and self.photometric == "RGB":
+            colorspace = "RGB"  # samples stored without the YCbCr transform
+        elif name != "jpeg" and ybr:
+            colorspace = "YCbCr"  # stored as YCbCr; the decoder converts
+        return CodecSpec(name, colorspace=colorspace, framing="dicom-items")
+
+    @property
+    def encapsulated(self) -> bool:
+        return self.codec.framing == "dicom-items"
+
+    # -- pixel data element --------------------------------------------------------------------------------
+    def _pixel_element(self, pos: int) -> None:
+        """Locate the Pixel Data value: ``pixel_offset`` and (native) ``pixel_length``."""
+        if pos < 0:
+            raise UnsupportedFormatError("DICOM file has no pixel data", path=self.path)
+        with open(self.path, "rb") as fh:
+            fh.seek(pos)
+            head = fh.read(12)
+        little = self.transfer_syntax != "1.2.840.10008.1.2.2"
+        implicit = self.transfer_syntax == "1.2.840.10008.1.2"
+        e = "<" if little else ">"
+        if len(head) < 8:
+            raise CorruptFileError("DICOM file ends inside the Pixel Data element header", path=self.path)
+        group, elem = struct.unpack_from(e + "HH", head)
+        if (group, elem) in ((0x7FE0, 0x0008), (0x7FE0, 0x0009)):
+            raise UnsupportedFormatError("DICOM float pixel data is not supported", path=self.path)
+        if (group, elem) != (0x7FE0, 0x0010):
+            raise CorruptFileError(f"expected the Pixel Data element, found ({group:04X},{elem:04X})", path=self.path)
+        if implicit:
+            (length,) = struct.unpack_from(e + "I", head, 4)
+            header = 8
+        else:
+            if len(head) < 12:
+                raise CorruptFileError("DICOM file ends inside the Pixel Data element header", path=self.path)
+            vr = head[4:6]
+            if vr in (b"OB", b"OW", b"UN", b"OV", b"OF", b"OD", b"OL", b"UT", b"SQ"):
+                (length,) = struct.unpack_from(e + "I", head, 8)
+                header = 12
+            else:
+                (length,) = struct.unpack_from(e + "H", head, 6)
+                header = 8
+        self.pixel_offset = pos + header
+        if length == 0xFFFFFFFF:
+            if not self.encapsulated:
+                raise CorruptFileError(f"native transfer syntax {self.transfer_syntax} with encapsulated "
+                                       "(undefined length) pixel data", path=self.path)
+            self.pixel_length = None
+            return
+        if self.encapsulated:
+            raise CorruptFileError("compressed transfer syntax with native (defined length) pixel data",
+                                   path=self.path)
+        need = self.frames * self.frame_nbytes
+        if length < need:
+            raise CorruptFileError(f"Pixel Data holds {length} bytes, {self.frames} frames of "
+                                   f"{self.rows}x{self.columns}x{self.samples} {self.dtype} need {need}",
+                                   path=self.path)
+        if self.pixel_offset + need > self.file_size:
+            raise CorruptFileError(f"pixel data is truncated: the file ends {self.pixel_offset + need - self.file_size}"
+                                   " bytes before the last frame", path=self.path)
+        self.pixel_length = length
+
+    # -- frames --------------------------------------------------------------------------------------------
+    def frame_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, lengths) of every frame, int64 (frames,): built once (header, offset tables or a scan)."""
+        table = self._frame_table
+        if table is None:
+            with self._lock:
+                if self._frame_table is None:
+                    from .frames import encapsulated_frames, native_frames
+
+                    self._frame_table = native_frames(self) if not self.encapsulated else encapsulated_frames(self)
+                table = self._frame_table
+        return table
+
+    def frame_starts(self) -> tuple[bytes, ...]:
+        """Byte prefixes that begin a frame of this codec (empty when the codec has none)."""
+        return _FRAME_STARTS.get(self.codec.name, ())
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return self.ds.get(keyword, default)

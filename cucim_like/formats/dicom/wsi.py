@@ -1,0 +1,240 @@
+"""DICOM VL Whole Slide Microscopy series: pyramid levels, optical paths, focal planes, associated images.
+
+Each instance of the series is one level (or part of one: concatenations, optical paths or focal planes in
+other files). Frames map to tiles by the TILED_FULL order (columns, rows, focal planes, optical paths) or, for
+TILED_SPARSE, by their per-frame positions; tiles no frame covers read as fill.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from ...errors import CorruptFileError, UnsupportedFormatError
+from ..base import AssociatedImage, ImageSource, Level
+from .frames import tile_table
+from .header import DicomInstance
+
+_ASSOCIATED = {"LABEL": "label", "OVERVIEW": "macro", "THUMBNAIL": "thumbnail"}
+
+
+def _first(seq_owner, keyword: str):
+    """Item 0 of a sequence attribute, or None."""
+    seq = seq_owner.get(keyword) if seq_owner is not None else None
+    return seq[0] if seq else None
+
+
+def _shared(inst: DicomInstance, keyword: str):
+    return _first(_first(inst.ds, "SharedFunctionalGroupsSequence"), keyword)
+
+
+def image_flavor(inst: DicomInstance) -> str:
+    """ImageType's third value (VOLUME, LABEL, OVERVIEW, THUMBNAIL); VOLUME when absent (legacy files)."""
+    image_type = inst.get("ImageType")
+    if image_type is not None and not isinstance(image_type, str) and len(image_type) >= 3:
+        return str(image_type[2]).upper()
+    return "VOLUME"
+
+
+def _matrix_size(inst: DicomInstance) -> tuple[int, int]:
+    """(width, height) of the whole pixel matrix; one frame's size for files without the attributes."""
+    w = inst.get("TotalPixelMatrixColumns")
+    h = inst.get("TotalPixelMatrixRows")
+    if w is None or h is None:
+        return inst.columns, inst.rows
+    w, h = int(w), int(h)
+    if not 0 < w < 1 << 31 or not 0 < h < 1 << 31:
+        raise CorruptFileError(f"TotalPixelMatrix {w} x {h} is invalid", path=inst.path)
+    return w, h
+
+
+def _optical_paths(inst: DicomInstance) -> list[str]:
+    seq = inst.get("OpticalPathSequence") or []
+    ids = [str(item.get("OpticalPathIdentifier", i)) for i, item in enumerate(seq)]
+    return ids or ["0"]
+
+
+def _z_um(item) -> float:
+    pos = _first(item, "PlanePositionSlideSequence")
+    return float(pos.get("ZOffsetInSlideCoordinateSystem", 0.0) or 0.0) if pos is not None else 0.0
+
+
+class _Frames:
+    """Frames of one level, as rows (file id, frame number, optical path, z in um, tile row, tile column)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, str, float, int, int]] = []
+
+    def add_tiled_full(self, fid: int, inst: DicomInstance, across: int, down: int) -> None:
+        paths = _optical_paths(inst)
+        nz = int(inst.get("TotalPixelMatrixFocalPlanes", 1) or 1)
+        z0 = _z_um(_first(inst.ds, "SharedFunctionalGroupsSequence"))
+        measures = _shared(inst, "PixelMeasuresSequence")
+        dz = float(measures.get("SpacingBetweenSlices", 0) or 0) * 1000 if measures is not None else 0.0
+        start = int(inst.get("ConcatenationFrameOffsetNumber", 0) or 0)
+        if nz < 1 or start < 0:
+            raise CorruptFileError("TotalPixelMatrixFocalPlanes or ConcatenationFrameOffsetNumber is invalid",
+                                   path=inst.path)
+        g = start + np.arange(inst.frames, dtype=np.int64)
+        tx, rest = g % across, g // across
+        ty, rest = rest % down, rest // down
+        zi, pi = rest % nz, rest // nz
+        if pi.max() >= len(paths):
+            raise CorruptFileError(f"{inst.frames} frames from offset {start} exceed the TILED_FULL matrix of "
+                                   f"{across} x {down} tiles x {nz} focal planes x {len(paths)} optical paths",
+                                   path=inst.path)
+        for j in range(inst.frames):
+            self.rows.append((fid, j, paths[pi[j]], round(z0 + zi[j] * dz, 6), int(ty[j]), int(tx[j])))
+
+    def add_sparse(self, fid: int, inst: DicomInstance, tile_w: int, tile_h: int) -> None:
+        per_frame = inst.get("PerFrameFunctionalGroupsSequence")
+        if per_frame is None or len(per_frame) != inst.frames:
+            raise CorruptFileError("TILED_SPARSE instance needs one PerFrameFunctionalGroupsSequence item per "
+                                   "frame", path=inst.path)
+        shared = _first(inst.ds, "SharedFunctionalGroupsSequence")
+        default_path = _optical_paths(inst)[0]
+        shared_path = _first(shared, "OpticalPathIdentificationSequence")
+        if shared_path is not None:
+            default_path = str(shared_path.get("OpticalPathIdentifier", default_path))
+        for j, item in enumerate(per_frame):
+            pos = _first(item, "PlanePositionSlideSequence") or _first(shared, "PlanePositionSlideSequence")
+            if pos is None:
+                raise CorruptFileError("frame has no PlanePositionSlideSequence", path=inst.path,
+                                       tile=f"frame {j}")
+            col = int(pos.get("ColumnPositionInTotalImagePixelMatrix", 0) or 0) - 1
+            row = int(pos.get("RowPositionInTotalImagePixelMatrix", 0) or 0) - 1
+            if col < 0 or row < 0 or col % tile_w or row % tile_h:
+                raise UnsupportedFormatError(f"frame {j} at pixel ({col + 1}, {row + 1}) is not on the tile grid",
+                                             path=inst.path)
+            path_item = _first(item, "OpticalPathIdentificationSequence")
+            path = str(path_item.get("OpticalPathIdentifier", default_path)) if path_item is not None else default_path
+            z = float(pos.get("ZOffsetInSlideCoordinateSystem", 0.0) or 0.0)
+            self.rows.append((fid, j, path, round(z, 6), row // tile_h, col // tile_w))
+
+
+class DicomWsiSource(ImageSource):
+    """A DICOM WSI series opened from its instances' headers (see module docstring)."""
+
+    format_name = "dicom"
+    vendor = "dicom-wsi"
+
+    def __init__(self, path: str, instances: list[DicomInstance]) -> None:
+        super().__init__(path)
+        self.instances = instances
+        self.files = [inst.path for inst in instances]
+        volumes: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for fid, inst in enumerate(instances):
+            flavor = image_flavor(inst)
+            if flavor in _ASSOCIATED:
+                name = _ASSOCIATED[flavor]
+                if name not in self.associated:
+                    self.associated[name] = AssociatedImage(name, self._single_level(-1, [fid])[1][0])
+                continue
+            volumes[_matrix_size(inst)].append(fid)
+        if not volumes:
+            raise UnsupportedFormatError("DICOM WSI series has no VOLUME instance", path=path)
+        sizes = sorted(volumes, key=lambda wh: (-wh[0] * wh[1], -wh[0]))
+        width0 = sizes[0][0]
+        per_variant: dict[tuple[str, float], list[Level]] = defaultdict(list)
+        keys_order: list[tuple[str, float]] = []
+        for index, size in enumerate(sizes):
+            keys, levels = self._single_level(index, volumes[size], downsample=width0 / size[0])
+            for key, level in zip(keys, levels, strict=True):
+                if key not in per_variant:
+                    keys_order.append(key)
+                per_variant[key].append(level)
+        first_key = keys_order[0]
+        n0 = len(per_variant[first_key])
+        # a variant must exist at every level of the default one to be offered
+        self.variants = {k: per_variant[k] for k in keys_order if len(per_variant[k]) == n0}
+        self.levels = per_variant[first_key]
+        self._metadata(instances[volumes[sizes[0]][0]], keys_order)
+
+    # -- levels --------------------------------------------------------------------------------------------
+    def _single_level(self, index: int, fids: list[int], downsample: float = 1.0,
+                      ) -> tuple[list[tuple[str, float]], list[Level]]:
+        """Levels (one per optical path x focal plane) built from the instances ``fids`` of one size."""
+        insts = [self.instances[f] for f in fids]
+        ref = insts[0]
+        width, height = _matrix_size(ref)
+        for inst in insts[1:]:
+            if (inst.rows, inst.columns, inst.samples, inst.dtype, inst.codec) != (
+                    ref.rows, ref.columns, ref.samples, ref.dtype, ref.codec):
+                raise UnsupportedFormatError(
+                    f"instances of one {width} x {height} level differ in frame size, samples, dtype or transfer "
+                    f"syntax ({ref.path} vs {inst.path})", path=self.path)
+        across, down = math.ceil(width / ref.columns), math.ceil(height / ref.rows)
+        frames = _Frames()
+        seen_parts: set[tuple[str, int]] = set()
+        for fid, inst in zip(fids, insts, strict=True):
+            organization = str(inst.get("DimensionOrganizationType", "") or "").upper()
+            if organization == "TILED_SPARSE":
+                frames.add_sparse(fid, inst, ref.columns, ref.rows)
+            else:
+                # the same concatenation part twice (a copy of a file): use it once
+                part = (str(inst.get("SOPInstanceUID", fid)), int(inst.get("ConcatenationFrameOffsetNumber", 0) or 0))
+                if part in seen_parts:
+                    continue
+                seen_parts.add(part)
+                frames.add_tiled_full(fid, inst, across, down)
+        by_key: dict[tuple[str, float], list[tuple[int, int, int, int]]] = defaultdict(list)
+        for fid, j, path, z, ty, tx in frames.rows:
+            by_key[(path, z)].append((fid, j, ty, tx))
+        path_order = list(dict.fromkeys(k[0] for k in by_key))
+        keys = sorted(by_key, key=lambda k: (path_order.index(k[0]), k[1]))
+        levels = []
+        for variant, key in enumerate(keys):
+            rows = np.asarray(by_key[key], dtype=np.int64)
+            file_grid = np.zeros((1, 1, down, across), np.int64)
+            frame_grid = np.full((1, 1, down, across), -1, np.int64)
+            ty, tx = rows[:, 2], rows[:, 3]
+            inside = (ty < down) & (tx < across)
+            rows = rows[inside][::-1]  # on duplicates the first frame wins (it is written last)
+            file_grid[0, 0, rows[:, 2], rows[:, 3]] = rows[:, 0]
+            frame_grid[0, 0, rows[:, 2], rows[:, 3]] = rows[:, 1]
+            loader = functools.partial(tile_table, self.instances, file_grid, frame_grid)
+            levels.append(Level(
+                index=index, shape=(1, height, width, ref.samples), tile_shape=(1, ref.rows, ref.columns),
+                dtype=ref.dtype, downsample=downsample, codec=ref.codec, offsets=None, bytecounts=None,
+                table_loader=loader, variant=variant,
+            ))
+        return keys, levels
+
+    # -- metadata ------------------------------------------------------------------------------------------
+    def _metadata(self, inst: DicomInstance, keys: list[tuple[str, float]]) -> None:
+        ds = inst.ds
+        measures = _shared(inst, "PixelMeasuresSequence")
+        if measures is not None and measures.get("PixelSpacing"):
+            sy, sx = (float(v) * 1000 for v in measures.PixelSpacing[:2])
+            zs = sorted({k[1] for k in keys})
+            sz = (zs[1] - zs[0]) if len(zs) > 1 else 1.0
+            self.pixel_spacing = (sz, sy, sx)
+        self.default_fill = 255 if inst.samples == 3 else 0
+        optical = _first(ds, "OpticalPathSequence")
+        icc = optical.get("ICCProfile") if optical is not None else None
+        self.icc_profile = bytes(icc) if icc else (bytes(ds.ICCProfile) if ds.get("ICCProfile") else None)
+        organization = str(ds.get("DimensionOrganizationType", "") or "")
+        legacy = not organization
+        section: dict[str, Any] = {
+            "sop_class_uid": inst.sop_class,
+            "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+            "series_instance_uid": inst.series_uid,
+            "transfer_syntax_uid": inst.transfer_syntax,
+            "photometric_interpretation": inst.photometric,
+            "dimension_organization_type": organization or "TILED_FULL (inferred: the file does not say)",
+            "inferred_tiling": legacy,
+            "manufacturer": str(ds.get("Manufacturer", "")),
+            "model_name": str(ds.get("ManufacturerModelName", "")),
+            "container_identifier": str(ds.get("ContainerIdentifier", "")),
+            "optical_paths": list(dict.fromkeys(k[0] for k in self.variants)),
+            "focal_planes_um": sorted({k[1] for k in self.variants}),
+            "has_icc_profile": self.icc_profile is not None,
+            "files": list(self.files),
+        }
+        self.vendor_metadata = {"dicom": section}
+        self.raw_metadata = ""
+        self.channel_names = ["R", "G", "B"] if inst.samples == 3 else ["gray"]
