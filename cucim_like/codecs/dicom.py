@@ -146,8 +146,22 @@ class LosslessJpegDecoder(Decoder):
         if arr.size != out.size:
             raise DecodeError(f"lossless JPEG decoded to {arr.shape}, the frame is {self.tile_shape[1:]}")
         out.reshape(-1)[...] = arr.reshape(-1)
-        _to_rgb(self.spec, out[0])
+        if not _stream_is_rgb(data):  # the stream's own markers win over the header's photometric
+            _to_rgb(self.spec, out[0])
         return out
+
+
+def _stream_is_rgb(data: bytes | memoryview) -> bool:
+    """Whether a JPEG stream says its 3 components are RGB: Adobe APP14 transform 0, or component ids R, G, B."""
+    head = bytes(data[:256])
+    i = head.find(b"Adobe")
+    if i >= 0 and i + 11 < len(head) and head[i + 11] == 0:
+        return True
+    for marker in (b"\xff\xc3", b"\xff\xc7"):
+        j = head.find(marker)
+        if j >= 0 and j + 17 <= len(head) and head[j + 9] == 3:
+            return head[j + 10 : j + 17 : 3] == b"RGB"
+    return False
 
 
 class DicomRleDecoder(Decoder):
