@@ -12,7 +12,7 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ...errors import CucimLikeError, InvalidArgumentError, UnsupportedFormatError
+from ...errors import CorruptFileError, CucimLikeError, InvalidArgumentError, UnsupportedFormatError
 from ..base import ImageSource
 from .header import WSI_SOP_CLASS, DicomInstance
 
@@ -94,11 +94,15 @@ def open_dicom(path: str | os.PathLike | Sequence[str | os.PathLike], series_uid
             raise InvalidArgumentError("the list of files is empty")
         where = files[0]
         chosen = _pick_series(_instances(files, skip_bad=False), series_uid, where)
-    if any(inst.sop_class == WSI_SOP_CLASS for inst in chosen):
-        from .wsi import DicomWsiSource
+    try:
+        if any(inst.sop_class == WSI_SOP_CLASS for inst in chosen):
+            from .wsi import DicomWsiSource
 
-        wsi = [inst for inst in chosen if inst.sop_class == WSI_SOP_CLASS]
-        return DicomWsiSource(where, wsi)
-    from .volume import DicomVolumeSource
+            return DicomWsiSource(where, [inst for inst in chosen if inst.sop_class == WSI_SOP_CLASS])
+        from .volume import DicomVolumeSource
 
-    return DicomVolumeSource(where, chosen)
+        return DicomVolumeSource(where, chosen)
+    except CucimLikeError:
+        raise
+    except Exception as exc:  # a damaged attribute value, converted by pydicom on first access
+        raise CorruptFileError(f"DICOM header is damaged: {type(exc).__name__}: {exc}", path=where) from exc

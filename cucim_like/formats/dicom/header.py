@@ -93,6 +93,17 @@ class DicomInstance:
     def __init__(self, path: str) -> None:
         self.path = path
         self.file_size = os.path.getsize(path)
+        try:
+            self._parse()
+        except CucimLikeError:
+            raise
+        except Exception as exc:  # pydicom converts values lazily: a damaged value raises on first access
+            raise CorruptFileError(f"DICOM header is damaged: {type(exc).__name__}: {exc}", path=path) from exc
+        self._frame_table: tuple[np.ndarray, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def _parse(self) -> None:
+        path = self.path
         ds, pixel_pos = read_dataset(path)
         self.ds = ds
         self.transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
@@ -117,8 +128,6 @@ class DicomInstance:
         self.codec = self._codec_spec(ds)
         self.frame_nbytes = self.rows * self.columns * self.samples * self.dtype.itemsize
         self._pixel_element(pixel_pos)
-        self._frame_table: tuple[np.ndarray, np.ndarray] | None = None
-        self._lock = threading.Lock()
 
     # -- codec ---------------------------------------------------------------------------------------------
     def _codec_spec(self, ds) -> CodecSpec:

@@ -184,7 +184,9 @@ class DicomWsiSource(ImageSource):
         by_key: dict[tuple[str, float], list[tuple[int, int, int, int]]] = defaultdict(list)
         for fid, j, path, z, ty, tx in frames.rows:
             by_key[(path, z)].append((fid, j, ty, tx))
-        path_order = list(dict.fromkeys(k[0] for k in by_key))
+        # optical paths in the order the instances list them (sparse frames may come in any order)
+        declared = [pid for inst in insts for pid in _optical_paths(inst)]
+        path_order = list(dict.fromkeys([*declared, *(k[0] for k in by_key)]))
         keys = sorted(by_key, key=lambda k: (path_order.index(k[0]), k[1]))
         levels = []
         for variant, key in enumerate(keys):

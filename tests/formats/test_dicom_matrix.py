@@ -1,0 +1,334 @@
+"""DICOM WSI and volumes written by the tests (tests/formats/dicom_fixtures.py, checked there against pydicom),
+read through CuImage and compared with the pixels the files were written from.
+
+Lossless codecs must match exactly; JPEG within the decoder tolerance (the fixture's reference is imagecodecs'
+decode of the stored tiles, which may differ from our TurboJPEG path by a rounding step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cucim_like import CuImage
+from cucim_like.errors import CorruptFileError, CucimLikeError, InvalidArgumentError, UnsupportedFormatError
+from cucim_like.formats.dicom import frames as dicom_frames
+from tests.formats import dicom_fixtures as dfx
+
+pytest.importorskip("pydicom")
+JPEG_TOL = 2
+
+
+def _assert_pixels(got: np.ndarray, ref: np.ndarray, lossy: bool) -> None:
+    got = got.reshape(ref.shape)
+    if lossy:
+        assert np.abs(got.astype(np.int64) - ref.astype(np.int64)).max() <= JPEG_TOL
+    else:
+        np.testing.assert_array_equal(got, ref)
+
+
+WSI_CASES = [
+    dict(codec="native"),
+    dict(codec="implicit"),
+    dict(codec="native", samples=1, bits=16),
+    dict(codec="native", samples=3, bits=8, big_endian=True),
+    dict(codec="native", samples=1, bits=16, big_endian=True),
+    dict(codec="jpeg", offset_table="bot"),
+    dict(codec="jpeg", offset_table="none"),
+    dict(codec="jpeg", offset_table="eot"),
+    dict(codec="jpeg", offset_table="bot", fragments_per_frame=3),
+    dict(codec="jpeg", offset_table="none", fragments_per_frame=3),
+    dict(codec="jpeg", samples=1),
+    dict(codec="jpegls", offset_table="none"),
+    dict(codec="jpegls", samples=1, bits=16, offset_table="eot"),
+    dict(codec="jpeg2000", offset_table="bot"),
+    dict(codec="jpeg2000", offset_table="none", fragments_per_frame=3),
+    dict(codec="jpeg2000", samples=1, bits=16),
+    dict(codec="htj2k"),
+    dict(codec="rle"),
+    dict(codec="rle", samples=1, bits=16, offset_table="none"),
+    dict(codec="ljpeg"),
+    dict(codec="ljpeg", samples=1, bits=16, offset_table="none"),
+]
+
+
+def _case_id(case: dict) -> str:
+    return "-".join(f"{v}" if k == "codec" else f"{k}={v}" for k, v in case.items())
+
+
+@pytest.mark.parametrize("case", WSI_CASES, ids=_case_id)
+def test_wsi_levels_equal_reference(tmp_path, case):
+    fx = dfx.write_wsi(tmp_path, size=(200, 136), tile=(64, 48), levels=2, **case)
+    img = CuImage(tmp_path)
+    assert img.metadata["cucim"]["format"] == "dicom"
+    assert img.resolutions["level_count"] == 2
+    for k, refs in enumerate(fx.levels):
+        ref = refs[(0, 0)]
+        h, w = ref.shape[:2]
+        assert img.resolutions["level_dimensions"][k] == (w, h)
+        got = img.read_region((0, 0), (w, h), level=k)
+        assert got.dtype == ref.dtype
+        _assert_pixels(got, ref, fx.lossy)
+    # a region across tiles and past the right/bottom edges: fill outside
+    ref0 = fx.levels[0][(0, 0)]
+    h0, w0 = ref0.shape[:2]
+    got = img.read_region((w0 - 70, h0 - 50), (90, 60))
+    _assert_pixels(got[:50, :70], ref0[h0 - 50 :, w0 - 70 :], fx.lossy)
+    fill = 255 if ref0.shape[2] == 3 else 0
+    assert (got[50:] == fill).all() and (got[:, 70:] == fill).all()
+
+
+def test_wsi_single_file_gathers_its_series(tmp_path):
+    fx = dfx.write_wsi(tmp_path, levels=3, associated=("label", "overview", "thumbnail"))
+    img = CuImage(fx.level_paths[1][0])  # open any file of the series
+    assert img.resolutions["level_count"] == 3
+    assert img.resolutions["level_downsamples"] == pytest.approx((1.0, 2.0, 4.0), rel=0.02)
+    assert img.associated_images == {"label", "macro", "thumbnail"}
+    for ours, theirs in (("label", "label"), ("macro", "overview"), ("thumbnail", "thumbnail")):
+        np.testing.assert_array_equal(img.associated_image(ours), fx.associated[theirs])
+    assert img.spacing("YX") == pytest.approx([v * 1000 for v in fx.pixel_spacing_mm])
+    # a list of files works too
+    listed = CuImage([str(p) for p in fx.paths])
+    np.testing.assert_array_equal(listed.read_region((0, 0), (300, 200)), fx.levels[0][(0, 0)])
+
+
+@pytest.mark.parametrize("codec", ["native", "jpeg2000"])
+def test_wsi_sparse_missing_tiles_are_filled(tmp_path, codec):
+    fx = dfx.write_wsi(tmp_path, codec=codec, sparse=True, missing_tiles=[(1, 0), (2, 2)], levels=1)
+    img = CuImage(tmp_path)
+    ref = fx.levels[0][(0, 0)]
+    got = img.read_region((0, 0), (ref.shape[1], ref.shape[0]))
+    mask = fx.missing_mask[0]
+    assert mask.any()
+    np.testing.assert_array_equal(got[~mask], ref[~mask])
+    assert (got[mask] == img._source.default_fill).all()
+    assert img.metadata["dicom"]["dimension_organization_type"] == "TILED_SPARSE"
+
+
+@pytest.mark.parametrize("codec", ["native", "jpeg2000"])
+def test_wsi_concatenation_parts_in_any_file_order(tmp_path, codec):
+    fx = dfx.write_wsi(tmp_path, codec=codec, concatenations=3, levels=2)
+    img = CuImage(tmp_path)
+    for k, refs in enumerate(fx.levels):
+        ref = refs[(0, 0)]
+        np.testing.assert_array_equal(img.read_region((0, 0), (ref.shape[1], ref.shape[0]), level=k), ref)
+
+
+def test_wsi_concatenated_sparse(tmp_path):
+    fx = dfx.write_wsi(tmp_path, codec="ljpeg", sparse=True, concatenations=2, missing_tiles=[(0, 0)])
+    img = CuImage(tmp_path)
+    ref, mask = fx.levels[0][(0, 0)], fx.missing_mask[0]
+    got = img.read_region((0, 0), (ref.shape[1], ref.shape[0]))
+    np.testing.assert_array_equal(got[~mask], ref[~mask])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_wsi_optical_paths_and_focal_planes(tmp_path, sparse):
+    fx = dfx.write_wsi(tmp_path, codec="jpegls", samples=1, optical_paths=2, focal_planes=2, sparse=sparse)
+    img = CuImage(tmp_path)
+    assert img.optical_paths == ["0", "1"]
+    assert len(img.focal_planes) == 2
+    w, h = img.size("XY")
+    default = img.read_region((0, 0), (w, h))
+    np.testing.assert_array_equal(default, fx.levels[0][(0, 0)])
+    for p in range(2):
+        for z in range(2):
+            got = img.read_region((0, 0), (w, h), optical_path=p, focal_plane=z)
+            np.testing.assert_array_equal(got, fx.levels[0][(p, z)])
+    np.testing.assert_array_equal(img.read_region((0, 0), (w, h), optical_path="1"), fx.levels[0][(1, 0)])
+    np.testing.assert_array_equal(img.read_region((0, 0), (w, h), focal_plane=float(img.focal_planes[1])),
+                                  fx.levels[0][(0, 1)])
+    # the variants are cached apart: reading them again gives the same answers
+    np.testing.assert_array_equal(img.read_region((0, 0), (w, h), optical_path=1, focal_plane=1),
+                                  fx.levels[0][(1, 1)])
+    with pytest.raises(InvalidArgumentError):
+        img.read_region((0, 0), (w, h), optical_path=2)
+    with pytest.raises(InvalidArgumentError):
+        img.read_region((0, 0), (w, h), focal_plane=123.0)
+
+
+def test_wsi_legacy_file_infers_tiled_full(tmp_path):
+    fx = dfx.write_wsi(tmp_path, legacy=True, levels=2)
+    img = CuImage(tmp_path)
+    section = img.metadata["dicom"]
+    assert section["inferred_tiling"] is True
+    assert "inferred" in section["dimension_organization_type"]
+    np.testing.assert_array_equal(img.read_region((0, 0), (300, 200)), fx.levels[0][(0, 0)])
+
+
+def test_wsi_opening_reads_no_pixel_data(tmp_path):
+    fx = dfx.write_wsi(tmp_path, codec="jpegls", offset_table="none", levels=1)
+    img = CuImage(fx.paths[0])
+    assert all(inst._frame_table is None for inst in img._source.instances)
+    img.read_region((0, 0), (10, 10))
+    assert img._source.instances[0]._frame_table is not None
+
+
+def test_frame_index_scanned_once_per_file(tmp_path, monkeypatch):
+    path = tmp_path / "ls.dcm"
+    ref = dfx.write_encapsulated_multiframe(path, frames=12, codec="jpegls", offset_table="none")
+    calls = []
+    real_scan = dicom_frames._scan
+
+    def counting(inst, first):
+        calls.append(inst.path)
+        return real_scan(inst, first)
+
+    monkeypatch.setattr(dicom_frames, "_scan", counting)
+    img = CuImage(path)
+    for i in (3, 7, 11, 0):
+        np.testing.assert_array_equal(img.read_region((0, 0, i), (48, 64, 1))[0], ref[i])
+    assert calls == [str(path)]
+
+
+@pytest.mark.parametrize("offset_table", ["bot", "none", "eot"])
+@pytest.mark.parametrize("fragments", [1, 3])
+@pytest.mark.parametrize("codec", ["jpegls", "jpeg2000", "jpeg"])
+def test_encapsulated_multiframe(tmp_path, codec, offset_table, fragments):
+    if offset_table == "eot" and fragments > 1:
+        pytest.skip("an Extended Offset Table holds single-fragment frames")
+    path = tmp_path / "mf.dcm"
+    ref = dfx.write_encapsulated_multiframe(path, frames=9, codec=codec, offset_table=offset_table,
+                                            fragments_per_frame=fragments)
+    img = CuImage(path)
+    assert img.dims == "ZYX" and img.shape == list(ref.shape)
+    _assert_pixels(img.read_region(), ref, codec == "jpeg")
+    _assert_pixels(img.read_region((5, 6, 4), (20, 30, 3)), ref[4:7, 6:36, 5:25], codec == "jpeg")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_native_multiframe_zero_copy_no_widening(tmp_path, dtype, big_endian):
+    path = tmp_path / "native.dcm"
+    ref = dfx.write_native_multiframe(path, frames=30, rows=40, cols=24, dtype=dtype, big_endian=big_endian)
+    img = CuImage(path)
+    assert img.dtype == np.dtype(dtype)
+    frame = img.read_region((0, 0, 17), (24, 40, 1))
+    assert frame.dtype == np.dtype(dtype) and frame.dtype.isnative
+    np.testing.assert_array_equal(frame[0], ref[17])
+    np.testing.assert_array_equal(img.read_region(), ref)
+    assert img.levels[0].codec.name == "dicom-native"
+
+
+# -- volumes ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,codec", [("int16", "native"), ("uint16", "rle"), ("int16", "jpegls"),
+                                         ("uint8", "jpeg2000"), ("uint16", "implicit")])
+def test_volume_series(tmp_path, dtype, codec):
+    fx = dfx.write_volume_series(tmp_path, dtype=dtype, codec=codec, orientation=(0, 1, 0, 0, 0, -1))
+    img = CuImage(tmp_path)
+    assert img.is_volume and img.dims == "ZYX"
+    assert img.shape == list(fx.volume.shape)
+    np.testing.assert_array_equal(img.read_region(), fx.volume)
+    z, y, x = 2, 5, 3
+    np.testing.assert_array_equal(img.read_region((x, y, z), (10, 12, 3)), fx.volume[z : z + 3, y : y + 12, x : x + 10])
+    assert img.spacing() == pytest.approx(list(fx.spacing), rel=1e-4)
+    assert img.origin == pytest.approx(list(fx.origin), abs=1e-4)
+    np.testing.assert_allclose(np.array(img.direction), np.asarray(fx.direction).T, atol=1e-6)
+    hu = img.read_region(rescale=True)
+    assert hu.dtype == np.float32
+    slope, intercept = fx.rescale[0]
+    np.testing.assert_allclose(hu, fx.volume * np.float32(slope) + np.float32(intercept), rtol=1e-6)
+    assert img.metadata["cucim"]["dims"] == "ZYX"
+
+
+def test_volume_rgb_series(tmp_path):
+    fx = dfx.write_volume_series(tmp_path, dtype="uint8", samples=3)
+    img = CuImage(tmp_path)
+    assert img.dims == "ZYXC"
+    np.testing.assert_array_equal(img.read_region(), fx.volume)
+
+
+def test_volume_gap_irregular_and_mixed_series(tmp_path):
+    gap = tmp_path / "gap"
+    dfx.write_volume_series(gap, gap_at=3)
+    with pytest.raises(UnsupportedFormatError, match="irregular"):
+        CuImage(gap)
+    irregular = tmp_path / "irregular"
+    dfx.write_volume_series(irregular, irregular=True)
+    with pytest.raises(UnsupportedFormatError, match="irregular"):
+        CuImage(irregular)
+    mixed = tmp_path / "mixed"
+    fx = dfx.write_volume_series(mixed, second_series=True)
+    with pytest.raises(UnsupportedFormatError, match="series_uid"):
+        CuImage(mixed)
+    for chosen in (fx, fx.second):
+        img = CuImage(mixed, series_uid=chosen.series_uid)
+        np.testing.assert_array_equal(img.read_region(), chosen.volume)
+    with pytest.raises(InvalidArgumentError):
+        CuImage(mixed, series_uid="1.2.3")
+
+
+@pytest.mark.parametrize("codec", ["native", "jpegls", "rle"])
+def test_enhanced_volume_per_frame_order_and_rescale(tmp_path, codec):
+    path = tmp_path / "enhanced.dcm"
+    n = 5
+    rescale = [(1.0 + 0.5 * k, -1000.0 + k) for k in range(n)]
+    fx = dfx.write_enhanced_volume(path, codec=codec, rescale=rescale)
+    assert fx.frame_order != sorted(fx.frame_order)
+    img = CuImage(path)
+    np.testing.assert_array_equal(img.read_region(), fx.volume)
+    hu = img.read_region((0, 0, 1), (16, 20, 3), rescale=True)
+    expected = np.stack([fx.volume[k] * np.float32(s) + np.float32(b) for k, (s, b) in enumerate(rescale)])[1:4]
+    np.testing.assert_allclose(hu, expected, rtol=1e-6)
+    assert img.spacing("Z")[0] == pytest.approx(fx.spacing[0], rel=1e-4)
+
+
+def test_volume_pickles_and_reopens(tmp_path):
+    import pickle
+
+    fx = dfx.write_volume_series(tmp_path / "s", second_series=True)
+    img = CuImage(tmp_path / "s", series_uid=fx.series_uid)
+    again = pickle.loads(pickle.dumps(img))
+    np.testing.assert_array_equal(again.read_region(), fx.volume)
+
+
+# -- bad input --------------------------------------------------------------------------------------------------
+def _rewrite(path, edit) -> None:
+    data = bytearray(path.read_bytes())
+    edit(data)
+    path.write_bytes(bytes(data))
+
+
+def test_bot_pointing_past_the_end(tmp_path):
+    import struct
+
+    path = tmp_path / "bot.dcm"
+    dfx.write_encapsulated_multiframe(path, frames=4, codec="jpegls", offset_table="bot")
+    img = CuImage(path)
+    pos = img._source.instances[0].pixel_offset
+
+    def edit(data):
+        struct.pack_into("<I", data, pos + 8 + 4 * 2, 0x7FFFFFF0)
+
+    _rewrite(path, edit)
+    img = CuImage(path)  # the header is fine: opening works
+    with pytest.raises(CorruptFileError) as ei:
+        img.read_region((0, 0, 0), (8, 8, 1))
+    assert ei.value.path == str(path) and "frame 2" in str(ei.value)
+
+
+def test_truncated_native_and_encapsulated(tmp_path):
+    native = tmp_path / "n.dcm"
+    dfx.write_native_multiframe(native, frames=10, rows=16, cols=16)
+    native.write_bytes(native.read_bytes()[:-100])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        CuImage(native)
+    enc = tmp_path / "e.dcm"
+    dfx.write_encapsulated_multiframe(enc, frames=6, codec="jpegls", offset_table="none")
+    enc.write_bytes(enc.read_bytes()[:-300])
+    img = CuImage(enc)
+    with pytest.raises(CorruptFileError):
+        img.read_region()
+
+
+def test_number_of_frames_disagreeing_with_fragments(tmp_path):
+    import pydicom
+
+    path = tmp_path / "nf.dcm"
+    dfx.write_encapsulated_multiframe(path, frames=6, codec="jpegls", offset_table="none")
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 9
+    ds.save_as(path)
+    img = CuImage(path)
+    with pytest.raises(CucimLikeError, match="fragments"):
+        img.read_region()
