@@ -17,7 +17,6 @@ from .cache import TileCache, configure_cache, current_cache
 from .errors import DeviceUnavailableError, InvalidArgumentError, UnknownAssociatedImageError
 from .executors import cpu
 from .executors.pool import default_workers
-from .fileio import FileReader
 from .formats import open_source
 from .formats.base import ImageSource, Level
 from .plan import Plan, plan_batch, plan_region
@@ -36,7 +35,7 @@ class CuImage:
         self._series_uid = series_uid
         self._source: ImageSource = open_source(self._path_arg, series_uid=series_uid)
         self._path = self._source.path
-        self._readers = [FileReader(p) for p in self._source.files]
+        self._readers = self._source.readers()
         self._file_keys = [r.identity for r in self._readers]
         self._closed = False
         self._lock = threading.Lock()

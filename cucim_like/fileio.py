@@ -94,3 +94,30 @@ class FileReader:
 
     def __setstate__(self, state):
         self.__init__(state["path"])
+
+
+class MemoryReader:
+    """Serves byte ranges of an in-memory copy of a file (e.g. a DICOM dataset inflated from Deflated
+    transfer syntax), with the same interface as :class:`FileReader`; ``identity`` names the file on disk."""
+
+    def __init__(self, path: str, data: bytes) -> None:
+        self.path = path
+        self.identity = (*file_identity(path)[:2], len(data), file_identity(path)[3])
+        self.size = len(data)
+        self._data = data
+
+    def read(self, start: int, stop: int, *, level: int | None = None, tile: object = None) -> bytes:
+        if start < 0 or stop > self.size or stop < start:
+            raise CorruptFileError(f"byte range {start}-{stop} lies outside the data of {self.size} bytes",
+                                   path=self.path, level=level, tile=tile)
+        return self._data[start:stop]
+
+    def view(self, start: int, stop: int, *, level: int | None = None, tile: object = None) -> memoryview:
+        self.read(start, start, level=level, tile=tile)
+        if stop > self.size or stop < start:
+            raise CorruptFileError(f"byte range {start}-{stop} lies outside the data of {self.size} bytes",
+                                   path=self.path, level=level, tile=tile)
+        return memoryview(self._data)[start:stop]
+
+    def close(self) -> None:
+        pass

@@ -155,5 +155,12 @@ class ImageSource:
         #: other pixel sets of the same image (DICOM optical paths x focal planes): key -> levels
         self.variants: dict[tuple[str, float], list[Level]] = {}
 
+    def readers(self) -> list:
+        """One reader per entry of ``files`` (:class:`~cucim_like.fileio.FileReader` unless a format keeps
+        some data in memory)."""
+        from ..fileio import FileReader
+
+        return [FileReader(p) for p in self.files]
+
     def close(self) -> None:
         """Release what the source holds (the executors own the file descriptors)."""

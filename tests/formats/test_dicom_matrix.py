@@ -332,3 +332,36 @@ def test_number_of_frames_disagreeing_with_fragments(tmp_path):
     img = CuImage(path)
     with pytest.raises(CucimLikeError, match="fragments"):
         img.read_region()
+
+
+def test_deflated_transfer_syntax(tmp_path):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    fx = dfx.write_volume_series(tmp_path / "s", shape=(3, 20, 16), shuffle_names=False)
+    deflated = tmp_path / "deflated"
+    deflated.mkdir()
+    for p in fx.paths:
+        ds = pydicom.dcmread(p)
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(deflated / p.name, enforce_file_format=True)
+    img = CuImage(deflated)
+    np.testing.assert_array_equal(img.read_region(), fx.volume)
+    # a truncated deflate stream is a typed error (deflate carries no checksum: flipped bits go unseen)
+    bad = deflated / fx.paths[0].name
+    bad.write_bytes(bad.read_bytes()[:-100])
+    with pytest.raises(CorruptFileError, match="deflate"):
+        CuImage(bad)
+
+
+def test_icc_profile_exposed(tmp_path):
+    import pydicom
+
+    fx = dfx.write_wsi(tmp_path, levels=1)
+    ds = pydicom.dcmread(fx.paths[0])
+    profile = b"\x00\x00\x02\x0cICC-test-profile" + bytes(500)
+    ds.OpticalPathSequence[0].ICCProfile = profile
+    ds.save_as(fx.paths[0])
+    img = CuImage(tmp_path)
+    assert img.icc_profile == profile
+    assert img.metadata["dicom"]["has_icc_profile"] is True

@@ -6,6 +6,7 @@ few bytes); the frame index (offset and length of every frame) is built on first
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
@@ -20,7 +21,7 @@ WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
 # transfer syntax -> (codec, byte order of native samples)
-_NATIVE = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">"}
+_NATIVE = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">", DEFLATED: "<"}
 _ENCAPSULATED = {
     "1.2.840.10008.1.2.4.50": "jpeg",  # baseline
     "1.2.840.10008.1.2.4.51": "jpeg",  # extended (12-bit)
@@ -45,6 +46,7 @@ _FRAME_STARTS = {
     "jpeg2000": (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  "),
 }
 _MAX_FRAMES = 1 << 24
+_MAX_INFLATED = 1 << 31  # a Deflated dataset may not inflate past 2 GiB
 
 
 def _pydicom():
@@ -55,11 +57,56 @@ def _pydicom():
     return pydicom
 
 
+def _inflated(path: str, fh) -> bytes:
+    """The file with its deflated dataset inflated (preamble and file meta kept), bounded in size."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    read_preamble(fh, False)
+    _read_file_meta_info(fh)
+    head_end = fh.tell()
+    fh.seek(0)
+    head = fh.read(head_end)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    parts = [head]
+    total = 0
+    while chunk := fh.read(1 << 20):
+        out = inflater.decompress(chunk, _MAX_INFLATED + 1 - total)
+        total += len(out)
+        parts.append(out)
+        if total > _MAX_INFLATED or inflater.unconsumed_tail:
+            raise CorruptFileError(f"deflated dataset inflates past {_MAX_INFLATED >> 20} MiB", path=path)
+    parts.append(inflater.flush())
+    if not inflater.eof:
+        raise CorruptFileError("deflated dataset is truncated or damaged (the deflate stream does not end)",
+                               path=path)
+    return b"".join(parts)
+
+
 def read_dataset(path: str, *, stop_before_pixels: bool = True):
-    """(dataset without pixel data, file position of the Pixel Data element or -1). Typed errors only."""
+    """(dataset without pixel data, position of the Pixel Data element or -1, inflated bytes or None).
+
+    Deflated files are inflated into memory (bounded); positions then refer to those bytes. Typed errors only.
+    """
     pydicom = _pydicom()
+    inflated = None
     try:
         with open(path, "rb") as fh:
+            pydicom.filereader.read_preamble(fh, False)
+            meta = pydicom.filereader._read_file_meta_info(fh)
+            fh.seek(0)
+            if str(getattr(meta, "TransferSyntaxUID", "")) == DEFLATED:
+                inflated = _inflated(path, fh)
+                mem = io.BytesIO(inflated)  # parse the inflated copy
+                end = len(inflated)
+                pydicom.filereader.read_preamble(mem, False)
+                pydicom.filereader._read_file_meta_info(mem)
+                ds = pydicom.filereader.read_dataset(mem, is_implicit_VR=False, is_little_endian=True,
+                                                     stop_when=pydicom.filereader._at_pixel_data)
+                ds.file_meta = meta
+                pos = mem.tell()
+                return ds, (pos if pos < end else -1), inflated
             ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, defer_size="1 MB")
             pos = fh.tell()
             fh.seek(0, os.SEEK_END)
@@ -72,7 +119,7 @@ def read_dataset(path: str, *, stop_before_pixels: bool = True):
         raise FileAccessError(f"permission denied: {exc.strerror}", path=path) from exc
     except Exception as exc:  # pydicom raises many kinds (InvalidDicomError, struct.error, EOFError, ...)
         raise CorruptFileError(f"DICOM header cannot be parsed: {exc}", path=path) from exc
-    return ds, (pos if pos < end else -1)
+    return ds, (pos if pos < end else -1), inflated
 
 
 def _int(ds, keyword: str, default: int | None = None, *, path: str) -> int:
@@ -104,12 +151,11 @@ class DicomInstance:
 
     def _parse(self) -> None:
         path = self.path
-        ds, pixel_pos = read_dataset(path)
+        ds, pixel_pos, self.inflated = read_dataset(path)
         self.ds = ds
         self.transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
-        if self.transfer_syntax == DEFLATED:
-            raise UnsupportedFormatError("Deflated Explicit VR Little Endian DICOM is not supported yet: its pixel "
-                                         "data cannot be read without inflating the whole file", path=path)
+        if self.inflated is not None:
+            self.file_size = len(self.inflated)
         self.sop_class = str(ds.get("SOPClassUID", ""))
         self.series_uid = str(ds.get("SeriesInstanceUID", ""))
         self.rows = _int(ds, "Rows", path=path)
@@ -159,9 +205,12 @@ class DicomInstance:
         """Locate the Pixel Data value: ``pixel_offset`` and (native) ``pixel_length``."""
         if pos < 0:
             raise UnsupportedFormatError("DICOM file has no pixel data", path=self.path)
-        with open(self.path, "rb") as fh:
-            fh.seek(pos)
-            head = fh.read(12)
+        if self.inflated is not None:
+            head = self.inflated[pos : pos + 12]
+        else:
+            with open(self.path, "rb") as fh:
+                fh.seek(pos)
+                head = fh.read(12)
         little = self.transfer_syntax != "1.2.840.10008.1.2.2"
         implicit = self.transfer_syntax == "1.2.840.10008.1.2"
         e = "<" if little else ">"
@@ -221,6 +270,12 @@ class DicomInstance:
     def frame_starts(self) -> tuple[bytes, ...]:
         """Byte prefixes that begin a frame of this codec (empty when the codec has none)."""
         return _FRAME_STARTS.get(self.codec.name, ())
+
+    def reader(self):
+        """A reader of this instance's bytes: the file, or its inflated copy in memory (Deflated)."""
+        from ...fileio import FileReader, MemoryReader
+
+        return FileReader(self.path) if self.inflated is None else MemoryReader(self.path, self.inflated)
 
     def get(self, keyword: str, default: Any = None) -> Any:
         return self.ds.get(keyword, default)

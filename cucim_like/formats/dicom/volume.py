@@ -36,14 +36,29 @@ def _floats(value, n: int, what: str, path: str) -> np.ndarray | None:
     return arr
 
 
-class _Slice:
-    """Where one slice is: file, frame, position (mm), and its rescale."""
+class _Slices:
+    """Where each slice is, as arrays in slice order: file id, frame number, position (mm; None when the
+    files do not say), (slope, intercept)."""
 
-    __slots__ = ("fid", "frame", "intercept", "position", "slope")
+    def __init__(self, fids: np.ndarray, frames: np.ndarray, positions: np.ndarray | None,
+                 rescale: np.ndarray) -> None:
+        self.fids, self.frames, self.positions, self.rescale = fids, frames, positions, rescale
 
-    def __init__(self, fid: int, frame: int, position: np.ndarray | None, slope: float, intercept: float) -> None:
-        self.fid, self.frame, self.position = fid, frame, position
-        self.slope, self.intercept = slope, intercept
+    def __len__(self) -> int:
+        return len(self.fids)
+
+    def reorder(self, order: np.ndarray) -> None:
+        self.fids, self.frames, self.rescale = self.fids[order], self.frames[order], self.rescale[order]
+        if self.positions is not None:
+            self.positions = self.positions[order]
+
+
+def _distinct_pairs(pairs: np.ndarray, limit: int = 16) -> list[list[float]] | None:
+    """The distinct rows of ``pairs`` (n, 2), sorted, or None when there are more than ``limit``."""
+    if len(pairs) and (pairs == pairs[0]).all():
+        return [pairs[0].tolist()]
+    distinct = np.unique(pairs, axis=0)
+    return distinct.tolist() if len(distinct) <= limit else None
 
 
 def _rescale(item, default: tuple[float, float] = (1.0, 0.0)) -> tuple[float, float]:
@@ -89,12 +104,12 @@ class DicomVolumeSource(ImageSource):
         self.pixel_spacing = (slice_spacing, float(pixel_spacing[0]), float(pixel_spacing[1]))
         self.spacing_unit = "mm"
         self.volume = True
-        if slices[0].position is not None:
-            self.origin = tuple(float(v) for v in slices[0].position)
+        if slices.positions is not None:
+            self.origin = tuple(float(v) for v in slices.positions[0])
         if orientation is not None:
             cols = (orientation[:3], orientation[3:], normal)
             self.direction = tuple(tuple(float(cols[j][i]) for j in range(3)) for i in range(3))
-        rescale = np.asarray([(s.slope, s.intercept) for s in slices], dtype=np.float64)
+        rescale = slices.rescale
         self.rescale = rescale
         self.channel_names = ["R", "G", "B"] if ref.samples == 3 else ["gray"]
         self.vendor_metadata = {"dicom": {
@@ -105,9 +120,14 @@ class DicomVolumeSource(ImageSource):
             "transfer_syntax_uid": ref.transfer_syntax,
             "photometric_interpretation": ref.photometric,
             "slices": len(slices),
-            "rescale_slope_intercept": rescale.tolist() if len(rescale) <= 4096 else None,
+            # the distinct (slope, intercept) pairs; per-slice values are applied by read_region(rescale=True)
+            "rescale_slope_intercept": _distinct_pairs(rescale),
             "files": list(self.files),
         }}
+
+    def readers(self) -> list:
+        """Readers of the instances' bytes (Deflated instances are served from memory)."""
+        return [inst.reader() for inst in self.instances]
 
     # -- geometry ------------------------------------------------------------------------------------------
     @staticmethod
@@ -135,43 +155,48 @@ class DicomVolumeSource(ImageSource):
         return orientation, pixel_spacing, thickness
 
     @staticmethod
-    def _slices(instances: list[DicomInstance], oriented: bool) -> list[_Slice]:
-        slices: list[_Slice] = []
+    def _slices(instances: list[DicomInstance], oriented: bool) -> _Slices:
         if len(instances) == 1 and instances[0].frames > 1:
             inst = instances[0]
+            n = inst.frames
             shared = _first(inst.ds, "SharedFunctionalGroupsSequence")
             shared_scale = _rescale(_first(shared, "PixelValueTransformationSequence"), _rescale(inst.ds))
             per_frame = inst.get("PerFrameFunctionalGroupsSequence")
-            if per_frame is not None and len(per_frame) != inst.frames:
-                raise CorruptFileError(f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for "
-                                       f"{inst.frames} frames", path=inst.path)
-            for j in range(inst.frames):
-                item = per_frame[j] if per_frame is not None else None
-                plane = _first(item, "PlanePositionSequence") or _first(shared, "PlanePositionSequence")
-                pos = _floats(plane.get("ImagePositionPatient"), 3, "ImagePositionPatient", inst.path) if (
-                    plane is not None) else None
-                scale = _rescale(_first(item, "PixelValueTransformationSequence"), shared_scale)
-                slices.append(_Slice(0, j, pos, *scale))
-            if any(s.position is None for s in slices):  # no per-frame geometry: the stored order is the order
-                for s in slices:
-                    s.position = None
-            return slices
-        for fid, inst in enumerate(instances):
-            pos = _floats(inst.get("ImagePositionPatient"), 3, "ImagePositionPatient", inst.path)
-            slices.append(_Slice(fid, 0, pos, *_rescale(inst.ds)))
-        if len(slices) > 1 and (not oriented or any(s.position is None for s in slices)):
+            frames = np.arange(n, dtype=np.int64)
+            fids = np.zeros(n, np.int64)
+            if per_frame is None:  # no per-frame geometry: the stored order is the order
+                return _Slices(fids, frames, None, np.tile(np.asarray(shared_scale, np.float64), (n, 1)))
+            if len(per_frame) != n:
+                raise CorruptFileError(f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {n} "
+                                       "frames", path=inst.path)
+            shared_plane = _first(shared, "PlanePositionSequence")
+            positions: list[np.ndarray | None] = []
+            rescale = np.empty((n, 2), np.float64)
+            for j, item in enumerate(per_frame):
+                plane = _first(item, "PlanePositionSequence") or shared_plane
+                positions.append(_floats(plane.get("ImagePositionPatient"), 3, "ImagePositionPatient", inst.path)
+                                 if plane is not None else None)
+                rescale[j] = _rescale(_first(item, "PixelValueTransformationSequence"), shared_scale)
+            pos = None if any(p is None for p in positions) else np.stack(positions)
+            return _Slices(fids, frames, pos, rescale)
+        found = [_floats(inst.get("ImagePositionPatient"), 3, "ImagePositionPatient", inst.path)
+                 for inst in instances]
+        if len(instances) > 1 and (not oriented or any(p is None for p in found)):
             raise UnsupportedFormatError("slices without ImagePositionPatient/ImageOrientationPatient cannot be "
                                          "ordered into a volume", path=instances[0].path)
-        return slices
+        pos = None if any(p is None for p in found) else np.stack(found)
+        rescale = np.asarray([_rescale(inst.ds) for inst in instances], dtype=np.float64)
+        n = len(instances)
+        return _Slices(np.arange(n, dtype=np.int64), np.zeros(n, np.int64), pos, rescale)
 
-    def _order(self, slices: list[_Slice], normal: np.ndarray | None, thickness: float | None,
+    def _order(self, slices: _Slices, normal: np.ndarray | None, thickness: float | None,
                ref: DicomInstance) -> float:
         """Sort ``slices`` along the normal; returns the slice spacing (mm), checked to be regular."""
-        if len(slices) < 2 or slices[0].position is None or normal is None:
+        if len(slices) < 2 or slices.positions is None or normal is None:
             return thickness or 1.0
-        along = np.asarray([float(np.dot(s.position, normal)) for s in slices])
+        along = slices.positions @ normal
         order = np.argsort(along, kind="stable")
-        slices[:] = [slices[i] for i in order]
+        slices.reorder(order)
         gaps = np.diff(along[order])
         median = float(np.median(gaps))
         if median <= 1e-6 or (gaps <= 1e-6).any():
@@ -185,16 +210,16 @@ class DicomVolumeSource(ImageSource):
                 f"median gap {median:.4f} mm (a missing slice?); open the slices you want as a list of files",
                 path=self.path)
         # in-plane positions must line up too (no tilted or shifted stacks)
-        offsets = np.asarray([s.position for s in slices]) - np.outer(along[order], normal)
+        offsets = slices.positions - np.outer(along[order], normal)
         if np.abs(offsets - offsets[0]).max() > max(1e-2 * median, 1e-2):
             raise UnsupportedFormatError("slices are shifted within their plane (a tilted or mixed series)",
                                          path=self.path)
         return median
 
-    def _build_level(self, ref: DicomInstance, slices: list[_Slice]) -> None:
+    def _build_level(self, ref: DicomInstance, slices: _Slices) -> None:
         nz = len(slices)
-        file_grid = np.asarray([s.fid for s in slices], dtype=np.int64).reshape(1, nz, 1, 1)
-        frame_grid = np.asarray([s.frame for s in slices], dtype=np.int64).reshape(1, nz, 1, 1)
+        file_grid = slices.fids.reshape(1, nz, 1, 1)
+        frame_grid = slices.frames.reshape(1, nz, 1, 1)
         loader = functools.partial(tile_table, self.instances, file_grid, frame_grid)
         self.levels = [Level(
             index=0, shape=(nz, ref.rows, ref.columns, ref.samples), tile_shape=(1, ref.rows, ref.columns),

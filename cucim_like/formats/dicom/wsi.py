@@ -154,6 +154,10 @@ class DicomWsiSource(ImageSource):
         self.levels = per_variant[first_key]
         self._metadata(instances[volumes[sizes[0]][0]], keys_order)
 
+    def readers(self) -> list:
+        """Readers of the instances' bytes (Deflated instances are served from memory)."""
+        return [inst.reader() for inst in self.instances]
+
     # -- levels --------------------------------------------------------------------------------------------
     def _single_level(self, index: int, fids: list[int], downsample: float = 1.0,
                       ) -> tuple[list[tuple[str, float]], list[Level]]:
