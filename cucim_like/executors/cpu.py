@@ -105,8 +105,31 @@ class _Read:
                 )
             out[dz0:dz1, dy0:dy1, dx0:dx1, dc0:dc1] = tile_arr[sz0:sz1, sy0:sy1, sx0:sx1, sc0:sc1]
 
+    def direct_target(self, jobs: list[TileJob]) -> np.ndarray | None:
+        """The output view a tile can be decoded straight into: when its one job copies the whole tile to a
+        C-contiguous part of the output (a frame of a volume, full-width strips). None otherwise."""
+        if len(jobs) != 1 or self.zero_copy:
+            return None
+        _, src, dst = jobs[0]
+        if any(a != 0 or b != n for (a, b), n in zip(src, self.level.decoded_tile_shape, strict=True)):
+            return None
+        view = self.out[box_slices(dst)]
+        return view if view.flags.c_contiguous else None
+
     def decode_place(self, tile: int, data: bytes | memoryview, jobs: list[TileJob]) -> None:
         level = self.level
+        direct = self.direct_target(jobs)
+        if direct is not None:
+            try:
+                arr = self.decoder.decode(data, direct)
+            except CucimLikeError as exc:
+                raise DecodeError(exc.message, path=self.path, level=level.index,
+                                  tile=tile_coords(level, tile)) from exc
+            if arr.shape != direct.shape or not np.shares_memory(arr, direct):
+                self.place(arr, jobs, tile)  # a short tile (raises) or a decoder that returned its own array
+            if self.insert and self.cache is not None:
+                self.cache.put(self.cache_key(tile), arr.copy())
+            return
         if self.insert:
             buf = np.empty(level.decoded_tile_shape, level.dtype)
         else:
