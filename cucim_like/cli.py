@@ -98,7 +98,7 @@ def cmd_read(ns: argparse.Namespace) -> int:
         dest.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(data)))
     else:
         raise SystemExit(f"cucim-like read: output must end in .png or .npy, got {dest.name!r}")
-    print(f"{out.shape[1]} x {out.shape[0]} x {out.shape[2]} {out.dtype} in {elapsed * 1000:.1f} ms -> {dest}")
+    print(f"{' x '.join(str(n) for n in out.shape)} {out.dtype} in {elapsed * 1000:.1f} ms -> {dest}")
     return 0
 
 
