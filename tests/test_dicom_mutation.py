@@ -38,7 +38,7 @@ REAL_FILES = [
     ("dicom-volume/SC_rgb_rle_16bit_2frame.dcm", 20),
     ("dicom-volume/dicom_test_image.dcm", 15),
 ]
-GENERATED = {"jpegls-nobot": 40, "jpeg-bot-2frag": 40, "j2k-eot": 30, "native-be": 25}
+GENERATED = {"jpegls-nobot": 50, "jpeg-bot-2frag": 50, "j2k-eot": 40, "native-be": 30, "wsi-sparse": 50}
 SCALE = float(os.environ.get("CUCIM_LIKE_MUTATION_SCALE", "1"))
 
 _KEY_TAGS = (0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100, 0x00280103, 0x00280006, 0x00480006,
@@ -194,6 +194,11 @@ def generated_files(root: Path) -> dict[str, Path]:
     ds["PixelData"].VR = "OW"
     pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
     out["native-be"] = path
+    from tests.formats import dicom_fixtures as dfx
+
+    fx = dfx.write_wsi(root / "wsi", codec="jpeg2000", sparse=True, missing_tiles=[(1, 1)], optical_paths=2,
+                       size=(160, 120), tile=(64, 48))
+    out["wsi-sparse"] = fx.paths[0]
     return out
 
 
@@ -217,6 +222,9 @@ def test_generated_files_read_cleanly(tmp_path):
 
     for name, path in generated_files(tmp_path).items():
         img = CuImage(path)
+        if name == "wsi-sparse":
+            assert img.shape == [120, 160, 3] and img.optical_paths == ["0", "1"]
+            continue
         assert img.shape[0] == 6, name
         got = img.read_region()
         ref = pydicom.dcmread(path).pixel_array
