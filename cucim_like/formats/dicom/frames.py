@@ -1,14 +1,14 @@
 """Frame index of a DICOM instance: where each frame's bytes are.
 
 Native frames follow from the header. Encapsulated frames come from the Extended Offset Table, else the Basic
-Offset Table, else one scan of the fragment item headers (through a memory map: only the pages holding item
-headers are read). A frame's range starts at its first fragment's item header and covers all its fragments;
+Offset Table, else one scan of the fragment item headers (one 16-byte positional read per fragment). A
+frame's range starts at its first fragment's item header and covers all its fragments;
 the item headers are removed when it is decoded. Every offset is checked against the file before use.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
 import struct
 from typing import TYPE_CHECKING
 
@@ -124,34 +124,42 @@ def _scan(inst: DicomInstance, first: int) -> tuple[np.ndarray, np.ndarray]:
     if first >= size:
         raise _error(inst, "pixel data holds no fragments: the file is truncated")
     starts_with = inst.frame_starts()
-    with open(inst.path, "rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mp:
-        frag_pos: list[int] = []
-        frag_len: list[int] = []
-        begins: list[bool] = []
+    frag_pos: list[int] = []
+    frag_len: list[int] = []
+    prefixes: list[bytes] = []
+    unpack = struct.Struct("<II").unpack_from
+    item, end_tag = 0xE000FFFE, 0xE0DDFFFE  # (FFFE,E000) and (FFFE,E0DD) read as little-endian uint32
+    with open(inst.path, "rb", buffering=0) as fh:
+        fd = fh.fileno()
         pos = first
-        unpack = struct.Struct("<HHI").unpack_from
-        while True:
-            if pos + 8 > size:
-                raise _error(inst, f"pixel data is truncated after fragment {len(frag_pos)} (no sequence delimiter)")
-            group, elem, length = unpack(mp, pos)
-            if (group, elem) == _SEQUENCE_END:
+        tag = 0
+        while pos + 8 <= size:
+            # one small positional read per fragment: its item header and the first bytes of its payload
+            head = os.pread(fd, 16, pos)
+            if len(head) < 8:
                 break
-            if (group, elem) != _ITEM:
-                raise _error(inst, f"expected a fragment item at byte {pos}, found ({group:04X},{elem:04X})")
+            tag, length = unpack(head, 0)
+            if tag != item:
+                break
             if length == 0xFFFFFFFF or pos + 8 + length > size:
                 raise _error(inst, f"fragment {len(frag_pos)} of {length} bytes runs past the end of the file")
             frag_pos.append(pos)
             frag_len.append(length)
-            if starts_with:
-                begins.append(any(mp[pos + 8 : pos + 8 + len(s)] == s for s in starts_with))
+            prefixes.append(head[8:])
             pos += 8 + length
+        if tag != end_tag:
+            if pos + 8 > size or tag == item:
+                raise _error(inst, f"pixel data is truncated after fragment {len(frag_pos)} (no sequence delimiter)")
+            group, elem = tag & 0xFFFF, tag >> 16
+            raise _error(inst, f"expected a fragment item at byte {pos}, found ({group:04X},{elem:04X})")
     nfrag = len(frag_pos)
     n = inst.frames
     if nfrag == n:
         first_frags = list(range(n))
     elif n == 1 and nfrag > 0:
         first_frags = [0]
-    elif nfrag > n and starts_with and sum(begins) == n and begins[0]:
+    elif nfrag > n and starts_with and (begins := [p.startswith(starts_with) for p in prefixes]) and (
+            sum(begins) == n and begins[0]):
         first_frags = [i for i, b in enumerate(begins) if b]
     else:
         raise _error(inst, f"pixel data holds {nfrag} fragments for NumberOfFrames {n}, and the frames' "
