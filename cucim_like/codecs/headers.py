@@ -16,7 +16,16 @@ def jpeg_frame(data: bytes | memoryview, markers: frozenset[int] | set[int] = _S
 
     Works on abbreviated streams (tables elsewhere). Raises DecodeError when no SOF comes before the scan.
     """
-    buf = bytes(data[:65536]) if not isinstance(data, bytes) else data
+    if not isinstance(data, bytes):
+        # the frame header sits near the start: look at 4 KiB first, at 64 KiB only when tables are larger
+        head = bytes(data[:4096])
+        try:
+            return jpeg_frame(head, markers)
+        except DecodeError:
+            if len(data) <= 4096:
+                raise
+        return jpeg_frame(bytes(data[:65536]), markers)
+    buf = data
     n = len(buf)
     if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
         raise DecodeError("not a JPEG stream (no SOI marker)")
