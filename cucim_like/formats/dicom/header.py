@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import CorruptFileError, CucimLikeError, UnsupportedFormatError
-from ..base import CodecSpec
+from ..base import CodecSpec, ImageSource
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -279,3 +279,30 @@ class DicomInstance:
 
     def get(self, keyword: str, default: Any = None) -> Any:
         return self.ds.get(keyword, default)
+
+
+def check_uniform(instances: list[DicomInstance], what: str, path: str) -> None:
+    """Refuse instances of one image that differ in frame size, samples, dtype or transfer syntax."""
+    ref = instances[0]
+    for inst in instances[1:]:
+        if (inst.rows, inst.columns, inst.samples, inst.dtype, inst.codec) != (
+                ref.rows, ref.columns, ref.samples, ref.dtype, ref.codec):
+            raise UnsupportedFormatError(
+                f"{what} differ in frame size, samples, dtype or transfer syntax ({ref.path}: {ref.rows}x"
+                f"{ref.columns}x{ref.samples} {ref.dtype} {ref.transfer_syntax}; {inst.path}: {inst.rows}x"
+                f"{inst.columns}x{inst.samples} {inst.dtype} {inst.transfer_syntax})", path=path)
+
+
+class DicomSource(ImageSource):
+    """Base of the DICOM sources: the instances read, one file each."""
+
+    format_name = "dicom"
+
+    def __init__(self, path: str, instances: list[DicomInstance]) -> None:
+        super().__init__(path)
+        self.instances = instances
+        self.files = [inst.path for inst in instances]
+
+    def readers(self) -> list:
+        """Readers of the instances' bytes (Deflated instances are served from memory)."""
+        return [inst.reader() for inst in self.instances]

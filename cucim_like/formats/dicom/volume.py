@@ -12,9 +12,9 @@ import functools
 import numpy as np
 
 from ...errors import CorruptFileError, UnsupportedFormatError
-from ..base import ImageSource, Level
+from ..base import Level
 from .frames import tile_table
-from .header import DicomInstance
+from .header import DicomInstance, DicomSource, check_uniform
 
 _SPACING_TOLERANCE = 1e-3  # relative deviation of one slice gap from the median gap
 
@@ -70,24 +70,15 @@ def _rescale(item, default: tuple[float, float] = (1.0, 0.0)) -> tuple[float, fl
             float(intercept) if intercept not in (None, "") else default[1])
 
 
-class DicomVolumeSource(ImageSource):
+class DicomVolumeSource(DicomSource):
     """A CT/MR/other DICOM series or multi-frame file as a volume (z, y, x, c), spacing in mm."""
 
-    format_name = "dicom"
     vendor = "dicom-volume"
 
     def __init__(self, path: str, instances: list[DicomInstance]) -> None:
-        super().__init__(path)
-        self.instances = instances
-        self.files = [inst.path for inst in instances]
+        super().__init__(path, instances)
         ref = instances[0]
-        for inst in instances[1:]:
-            if (inst.rows, inst.columns, inst.samples, inst.dtype, inst.codec) != (
-                    ref.rows, ref.columns, ref.samples, ref.dtype, ref.codec):
-                raise UnsupportedFormatError(
-                    f"slices differ in size, samples, dtype or transfer syntax ({ref.path}: {ref.rows}x{ref.columns}"
-                    f" {ref.dtype} {ref.transfer_syntax}; {inst.path}: {inst.rows}x{inst.columns} {inst.dtype} "
-                    f"{inst.transfer_syntax})", path=path)
+        check_uniform(instances, "slices", path)
         if len(instances) > 1 and any(inst.frames > 1 for inst in instances):
             raise UnsupportedFormatError("a series mixing multi-frame instances is not supported: open one file",
                                          path=path)
@@ -124,10 +115,6 @@ class DicomVolumeSource(ImageSource):
             "rescale_slope_intercept": _distinct_pairs(rescale),
             "files": list(self.files),
         }}
-
-    def readers(self) -> list:
-        """Readers of the instances' bytes (Deflated instances are served from memory)."""
-        return [inst.reader() for inst in self.instances]
 
     # -- geometry ------------------------------------------------------------------------------------------
     @staticmethod

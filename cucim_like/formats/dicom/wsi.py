@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from ...errors import CorruptFileError, UnsupportedFormatError
-from ..base import AssociatedImage, ImageSource, Level
+from ..base import AssociatedImage, Level
 from .frames import tile_table
-from .header import DicomInstance
+from .header import DicomInstance, DicomSource, check_uniform
 
 _ASSOCIATED = {"LABEL": "label", "OVERVIEW": "macro", "THUMBNAIL": "thumbnail"}
 
@@ -116,16 +116,13 @@ class _Frames:
             self.rows.append((fid, j, path, round(z, 6), row // tile_h, col // tile_w))
 
 
-class DicomWsiSource(ImageSource):
+class DicomWsiSource(DicomSource):
     """A DICOM WSI series opened from its instances' headers (see module docstring)."""
 
-    format_name = "dicom"
     vendor = "dicom-wsi"
 
     def __init__(self, path: str, instances: list[DicomInstance]) -> None:
-        super().__init__(path)
-        self.instances = instances
-        self.files = [inst.path for inst in instances]
+        super().__init__(path, instances)
         volumes: dict[tuple[int, int], list[int]] = defaultdict(list)
         for fid, inst in enumerate(instances):
             flavor = image_flavor(inst)
@@ -154,10 +151,6 @@ class DicomWsiSource(ImageSource):
         self.levels = per_variant[first_key]
         self._metadata(instances[volumes[sizes[0]][0]], keys_order)
 
-    def readers(self) -> list:
-        """Readers of the instances' bytes (Deflated instances are served from memory)."""
-        return [inst.reader() for inst in self.instances]
-
     # -- levels --------------------------------------------------------------------------------------------
     def _single_level(self, index: int, fids: list[int], downsample: float = 1.0,
                       ) -> tuple[list[tuple[str, float]], list[Level]]:
@@ -165,12 +158,7 @@ class DicomWsiSource(ImageSource):
         insts = [self.instances[f] for f in fids]
         ref = insts[0]
         width, height = _matrix_size(ref)
-        for inst in insts[1:]:
-            if (inst.rows, inst.columns, inst.samples, inst.dtype, inst.codec) != (
-                    ref.rows, ref.columns, ref.samples, ref.dtype, ref.codec):
-                raise UnsupportedFormatError(
-                    f"instances of one {width} x {height} level differ in frame size, samples, dtype or transfer "
-                    f"syntax ({ref.path} vs {inst.path})", path=self.path)
+        check_uniform(insts, f"instances of one {width} x {height} level", self.path)
         across, down = math.ceil(width / ref.columns), math.ceil(height / ref.rows)
         frames = _Frames()
         seen_parts: set[tuple[str, int]] = set()
