@@ -15,60 +15,41 @@ Usage: ``python benchmarks/run.py [--only a,b,c,rss,import,open] [--repeats N] [
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import gc
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-DATA = HERE / "data"
-DEFAULT_SLIDE = DATA / "large.svs"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import make_slide  # noqa: E402  (a sibling module; the paths above make it importable)
+import make_slide  # noqa: E402  (sibling modules; the path above makes them importable)
+from harness import (  # noqa: E402
+    DATA,
+    PROC_STATUS_CODE,
+    Contender,
+    environment_lines,
+    median,
+    parse_sections,
+    round_robin,
+    run_child,
+    run_record,
+    save_results,
+)
 
+DEFAULT_SLIDE = DATA / "large.svs"
 SECTIONS = ("a", "b", "c", "rss", "import", "open")
 SEED = 20261121
 
 
 # -- small helpers ---------------------------------------------------------------------------------------------
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def child_env() -> dict[str, str]:
-    """Environment for subprocesses: the repository on PYTHONPATH so ``import cucim_like`` finds this tree."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-def run_child(code: str) -> dict[str, Any]:
-    """Run ``code`` in a fresh interpreter; it must print one JSON object as its last line."""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(),
-                          cwd=str(REPO), check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def fingerprint(arr: np.ndarray) -> int:
     """A cheap checksum of every 997th row, to check that contenders returned the same pixels."""
     rows = np.ascontiguousarray(arr[::997, :, :3])
@@ -76,38 +57,9 @@ def fingerprint(arr: np.ndarray) -> int:
         np.arange(1, rows.size + 1, dtype=np.uint64) % np.uint64(65521)))
 
 
-@dataclass
-class Contender:
-    """One library in a section: ``prepare`` runs untimed before each repeat and returns the timed call."""
-
-    name: str
-    prepare: Callable[[], Callable[[], Any]]
-    note: str = ""
-    times: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def round_robin(contenders: list[Contender], repeats: int, label: str,
-                after: Callable[[Contender, Any], None] | None = None) -> None:
-    """Time each contender once per repeat, rotating the order each repeat so none always goes first."""
-    for rep in range(repeats):
-        k = rep % len(contenders)
-        for c in contenders[k:] + contenders[:k]:
-            call = c.prepare()
-            gc.collect()
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            result = call()
-            elapsed = time.perf_counter() - t0
-            c.cpu.append(time.process_time() - c0)
-            c.times.append(elapsed)
-            if after is not None:
-                after(c, result)
-            del result, call
-            gc.collect()
-            print(f"  [{label}] repeat {rep + 1}/{repeats} {c.name:<22} {elapsed:8.3f} s  (CPU {c.cpu[-1]:.3f} s)",
-                  flush=True)
+def show_repeat(elapsed: float, cpu: float) -> str:
+    """The timing part of a progress line."""
+    return f"{elapsed:8.3f} s  (CPU {cpu:.3f} s)"
 
 
 def section_result(contenders: list[Contender], calls: int, ref: str = "cucim_like") -> dict[str, Any]:
@@ -130,59 +82,9 @@ def section_result(contenders: list[Contender], calls: int, ref: str = "cucim_li
 
 
 # -- environment -----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries measured (absent ones are reported as such)."""
-    out = {"python": platform.python_version()}
-    for name, mod in [("cucim_like", "cucim_like"), ("numpy", "numpy"), ("tifffile", "tifffile"),
-                      ("imagecodecs", "imagecodecs"), ("cucim", "cucim"), ("openslide-python", "openslide"),
-                      ("tiffslide", "tiffslide"), ("psutil", "psutil")]:
-        try:
-            out[name] = str(__import__(mod).__version__)
-        except Exception as exc:  # missing or broken optional library
-            out[name] = f"unavailable ({type(exc).__name__})"
-    try:
-        import imagecodecs
-
-        out["libjpeg"] = imagecodecs.jpeg8_version()
-    except Exception:
-        pass
-    try:
-        import openslide
-
-        out["openslide (C library)"] = str(openslide.__library_version__)
-    except Exception:
-        pass
-    return out
-
-
-def machine() -> dict[str, Any]:
-    import psutil
-
-    return {
-        "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
-        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured and the files changed outside benchmarks/ (other people edit the tree meanwhile)."""
-    def git(*argv: str) -> str:
-        proc = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=str(REPO), check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("benchmarks/")]
-    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown", "dirty": dirty}
+LIBRARIES = [("cucim_like", "cucim_like"), ("numpy", "numpy"), ("tifffile", "tifffile"), ("imagecodecs", "imagecodecs"),
+             ("cucim", "cucim"), ("openslide-python", "openslide"), ("tiffslide", "tiffslide"), ("psutil", "psutil")]
+C_LIBRARIES = ("libjpeg", "openslide (C library)")
 
 
 def slide_info(path: Path) -> dict[str, Any]:
@@ -294,8 +196,8 @@ def section_a(path: Path, repeats: int) -> dict[str, Any]:
                          note="for context, timed after the others: np.empty of the output (NumPy asks for huge "
                               "pages) and a sequential first touch (fill), 1 thread")]
     print(f"(a) whole level 0 ({w}x{h}, {nbytes / 2**20:.0f} MiB), {len(tiles)} tiles, decode args {kwargs}")
-    round_robin(contenders, repeats, "a", check)
-    round_robin(context, repeats, "a")
+    round_robin(contenders, repeats, "a", check, show=show_repeat)
+    round_robin(context, repeats, "a", show=show_repeat)
     contenders += context
     res = section_result(contenders, 1)
     res.update(output_nbytes=nbytes, level0_wh=[w, h], decode_kwargs=kwargs,
@@ -401,7 +303,7 @@ def section_regions(path: Path, repeats: int, n: int, size: int, level: int, lab
             cache = CuImage.cache()
             c.extra.setdefault("cache_hits_misses", []).append([cache.hit_count, cache.miss_count])
 
-    round_robin(contenders, repeats, label, after)
+    round_robin(contenders, repeats, label, after, show=show_repeat)
     res = section_result(contenders, n)
     res.update(size=size, level=level, seed=SEED + level, max_abs_diff_vs_cucim_like=diffs)
     return res
@@ -413,13 +315,7 @@ import json, sys, time
 import numpy as np
 which, path = {which!r}, {path!r}
 
-def status(key):
-    # VmHWM is this process's own peak RSS (ru_maxrss would include the parent's RSS at fork time)
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
+""" + PROC_STATUS_CODE + """
 if which == "cucim_like":
     from cucim_like import CuImage
     img = CuImage(path)
@@ -433,13 +329,13 @@ else:
     img = CuImage(path)
     w, h = img.size("XY")
     read = lambda: np.asarray(img.read_region((0, 0), (w, h), 0, num_workers=2))
-base_rss = status("VmRSS")
-base_peak = status("VmHWM")
+base_rss = proc_status("VmRSS")
+base_peak = proc_status("VmHWM")
 t0 = time.perf_counter()
 arr = read()
 elapsed = time.perf_counter() - t0
-print(json.dumps(dict(baseline_rss=base_rss, baseline_peak=base_peak, peak_rss=status("VmHWM"),
-                      nbytes=int(arr.nbytes), after_rss=status("VmRSS"), seconds=elapsed)))
+print(json.dumps(dict(baseline_rss=base_rss, baseline_peak=base_peak, peak_rss=proc_status("VmHWM"),
+                      nbytes=int(arr.nbytes), after_rss=proc_status("VmRSS"), seconds=elapsed)))
 """
 
 
@@ -572,16 +468,11 @@ def fmt_s(v: float) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """A RESULTS.md section: environment, one table per section, the targets."""
-    m, v, s, g = results["machine"], results["versions"], results["slide"], results["git"]
+    s = results["slide"]
     lines = [
         f"## Run of {results['date']}",
         "",
-        f"- cucim_like: commit {g['commit']}"
-        + (f" with uncommitted changes to {', '.join(g['dirty'])}" if g["dirty"] else ", no uncommitted changes")
-        + f" (run started {results['started']})",
-        f"- Machine: {m['nproc']} CPUs (`nproc`), {m['cpu_model']}, {m['memory_gib']} GiB RAM, {m['platform']}; "
-        f"load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')} (the machine is shared)",
-        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        *environment_lines(results),
         f"- Slide: `{Path(s['path']).name}`, {s['file_mib']} MiB, levels (w, h) {s['levels_wh']}, "
         f"{s['tile'][0]}x{s['tile'][1]} {s['compression']} tiles ({s['photometric']}, subsampling "
         f"{s['subsampling']}), {s['level0_tiles']} tiles at level 0, median tile {s['tile_kib_median']} KiB",
@@ -673,10 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None,
                    help="where to write the results (default: data/results.json, data/results-quick.json with --quick)")
     a = p.parse_args(argv)
-    only = [s.strip() for s in a.only.split(",") if s.strip()]
-    unknown = sorted(set(only) - set(SECTIONS))
-    if unknown:
-        p.error(f"unknown sections {unknown}; choose from {','.join(SECTIONS)}")
+    only = parse_sections(p, a.only, SECTIONS)
     repeats = 1 if a.quick and a.repeats == 3 else a.repeats
     if a.json is None:
         a.json = DATA / ("results-quick.json" if a.quick else "results.json")
@@ -688,8 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     path = a.slide
 
     results: dict[str, Any] = {
-        "date": dt.date.today().isoformat(), "started": dt.datetime.now().strftime("%H:%M:%S"),
-        "git": git_state(), "machine": machine(), "versions": versions(),
+        **run_record(LIBRARIES, C_LIBRARIES, cpu_count=True),
         "slide": slide_info(path), "repeats": repeats, "quick": a.quick, "sections": {},
     }
     t0 = time.perf_counter()
@@ -706,13 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     if "open" in only:
         results["sections"]["open"] = section_open(path, 2 if a.quick else 5, 20 if a.quick else 100)
     results["targets"] = targets(results)
-    results["wall_s"] = round(time.perf_counter() - t0, 1)
-    results["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(results, indent=2))
-    md = markdown(results)
-    a.json.with_suffix(".md").write_text(md)
+    md = save_results(a.json, results, t0, markdown)
     print_table(results)
     print(f"\nwrote {a.json} and {a.json.with_suffix('.md')}\n")
     print(md)

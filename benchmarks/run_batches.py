@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +29,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SLIDE = HERE / "data" / "large.svs"
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from harness import DATA, median, proc_status  # noqa: E402  (a sibling module; the path above makes it importable)
+
+SLIDE = DATA / "large.svs"
 SIZE, BATCH, WORKERS = 224, 64, 2
 
 
@@ -81,8 +85,7 @@ def floor_runner(slide: Path, tiles: list[int]):
 def rss_child(slide: str, n: int) -> None:
     """Run in a subprocess: baseline RSS, the batched read, peak RSS, printed as JSON.
 
-    Peak RSS is VmHWM of this process's address space: ru_maxrss would carry the parent's high-water mark
-    across fork + exec on Linux.
+    Peak RSS is VmHWM of this process's address space (see harness.proc_status).
     """
     import psutil
 
@@ -95,9 +98,7 @@ def rss_child(slide: str, n: int) -> None:
     base = psutil.Process().memory_info().rss
     for _ in img.read_region(locs, (SIZE, SIZE), batch_size=BATCH, num_workers=WORKERS, prefetch_factor=2):
         pass
-    status = Path("/proc/self/status").read_text()
-    peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
-    print(json.dumps({"baseline": base, "peak": peak}))
+    print(json.dumps({"baseline": base, "peak": proc_status("VmHWM")}))
 
 
 def main() -> None:
@@ -215,12 +216,12 @@ def main() -> None:
     except ImportError as exc:
         print(f"DataLoader comparison skipped: {exc}")
 
-    med = {k: statistics.median(w for w, _ in v) for k, v in {**results, **epoch, **(loader or {})}.items()}
+    med = {k: median([w for w, _ in v]) for k, v in {**results, **epoch, **(loader or {})}.items()}
     out = {"medians_s": med, "raw": {k: v for k, v in {**results, **epoch, **(loader or {})}.items()},
            "rss": rss, "rss_limit": rss_limit, "patches": ns.patches, "unique_tiles": len(unique),
            "per_batch_tiles": len(per_batch), "load": os.getloadavg()}
-    (HERE / "data").mkdir(exist_ok=True)
-    (HERE / "data" / "batches.json").write_text(json.dumps(out, indent=2))
+    DATA.mkdir(exist_ok=True)
+    (DATA / "batches.json").write_text(json.dumps(out, indent=2))
     ours_t = med["cucim_like batched"]
     print(f"\n### Batched patches: {ns.patches} random {SIZE}² at level 0, batch {BATCH}, {WORKERS} workers "
           f"(medians of {ns.repeats}, load {os.getloadavg()[0]:.2f})\n")
@@ -239,7 +240,7 @@ def main() -> None:
         a, b = med["in-process iterator"], med["DataLoader, 2 workers, shared-memory cache"]
         print(f"\nDataLoader: in-process {a:.3f} s, DataLoader {b:.3f} s including worker start-up -> "
               f"{a / b * 100:.0f} % of the in-process throughput; steady state after the first batch "
-              f"{statistics.median(steady):.0f} patches/s = {statistics.median(steady) / (ns.patches / a) * 100:.0f} %")
+              f"{median(steady):.0f} patches/s = {median(steady) / (ns.patches / a) * 100:.0f} %")
     print("\nTargets:")
     print(f"- within 1.15 x of the floor (touched tiles once): {ours_t / med['floor: touched tiles once']:.2f}")
     print(f"- vs the per-batch floor: {ours_t / med['floor: distinct tiles per batch']:.2f}")

@@ -20,32 +20,33 @@ Usage: ``python benchmarks/run_dicom.py [--sections wsi,import,native,jpegls] [-
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import gc
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-DATA = HERE / "data"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import make_dicom  # noqa: E402  (sibling module: file names and the generator)
+import harness  # noqa: E402  (sibling modules; the path above makes them importable)
+import make_dicom  # noqa: E402  (file names and the generator)
+from harness import (  # noqa: E402
+    DATA,
+    PROC_STATUS_CODE,
+    Contender,
+    describe,
+    environment_lines,
+    fmt_time,
+    median,
+    parse_sections,
+    run_record,
+    save_results,
+)
 
 SECTIONS = ("wsi", "import", "native", "jpegls")
 SEED = 20261121
@@ -55,30 +56,9 @@ JPEGLS_READS = 100
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def describe(exc: BaseException) -> str:
-    """One line for a table cell: the exception type and the first line of its message."""
-    msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0][:160] if msg else ''}".rstrip(": ")
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-def run_child(code: str, timeout: float = 300) -> dict[str, Any]:
-    """Run ``code`` in a fresh interpreter; its last stdout line must be one JSON object."""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(),
-                          cwd=str(REPO), check=False, timeout=timeout)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        raise RuntimeError(lines[-1] if lines else f"exit status {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+run_child = partial(harness.run_child, timeout=300, brief_error=True)
+# a contender that raises is dropped (its exception kept for the report) and the others go on
+round_robin = partial(harness.round_robin, keep_going=True, width=34)
 
 
 def clear_cucim_like_cache() -> None:
@@ -88,80 +68,6 @@ def clear_cucim_like_cache() -> None:
     cache = getattr(CuImage, "cache", None)
     if cache is not None:
         cache().clear()
-
-
-def fmt_time(seconds: float) -> str:
-    if seconds >= 0.1:
-        return f"{seconds:.3f} s"
-    if seconds >= 1e-3:
-        return f"{1000 * seconds:.2f} ms"
-    return f"{1e6 * seconds:.0f} µs"
-
-
-@dataclass
-class Contender:
-    """One library in a timing.
-
-    ``prepare`` runs untimed before each repeat and returns the timed call. By default one call is one timed unit
-    (for instance 200 reads); with ``per_call`` the call is timed ``calls`` times per repeat, each on its own, and
-    ``before``/``after`` run untimed around each call (``after`` gets the call's result, e.g. to close it).
-    """
-
-    name: str
-    prepare: Callable[[], Callable[[], Any]]
-    note: str = ""
-    per_call: bool = False
-    calls: int = 1
-    before: Callable[[], None] | None = None
-    after: Callable[[Any], None] | None = None
-    times: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-    error: str | None = None
-
-
-def round_robin(contenders: list[Contender], repeats: int, label: str) -> None:
-    """Time every contender once per repeat, rotating the order; a contender that raises is dropped (its
-    exception kept for the report) and the others go on."""
-    for rep in range(repeats):
-        live = [c for c in contenders if c.error is None]
-        if not live:
-            return
-        k = rep % len(live)
-        for c in live[k:] + live[:k]:
-            try:
-                call = c.prepare()
-                gc.collect()
-                if c.per_call:
-                    batch, cpu0 = [], time.process_time()
-                    for _ in range(c.calls):
-                        if c.before is not None:
-                            c.before()
-                        t0 = time.perf_counter()
-                        result = call()
-                        batch.append(time.perf_counter() - t0)
-                        if c.after is not None:
-                            c.after(result)
-                        del result
-                    c.cpu.append((time.process_time() - cpu0) / c.calls)
-                    c.times.extend(batch)
-                    shown = f"median {fmt_time(median(batch))} per call over {c.calls}"
-                else:
-                    cpu0, t0 = time.process_time(), time.perf_counter()
-                    result = call()
-                    elapsed = time.perf_counter() - t0
-                    c.cpu.append(time.process_time() - cpu0)
-                    c.times.append(elapsed)
-                    del result
-                    shown = f"{fmt_time(elapsed)} (CPU {fmt_time(c.cpu[-1])})"
-                del call
-            except Exception as exc:
-                c.error = describe(exc)
-                print(f"  [{label}] {c.name}: FAILED {c.error}", flush=True)
-                if os.environ.get("RUN_DICOM_TRACEBACK"):
-                    traceback.print_exc()
-                continue
-            gc.collect()
-            print(f"  [{label}] repeat {rep + 1}/{repeats} {c.name:<34} {shown}", flush=True)
 
 
 def timing_table(title: str, contenders: list[Contender], calls: int, ref: str = "cucim_like") -> dict[str, Any]:
@@ -186,61 +92,9 @@ def timing_table(title: str, contenders: list[Contender], calls: int, ref: str =
 
 
 # -- environment ------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name, mod in [("numpy", "numpy"), ("pydicom", "pydicom"), ("wsidicom", "wsidicom"),
-                      ("openslide-python", "openslide"), ("imagecodecs", "imagecodecs"), ("pyjpegls", "jpeg_ls"),
-                      ("pylibjpeg", "pylibjpeg"), ("pillow", "PIL")]:
-        try:
-            out[name] = str(__import__(mod).__version__)
-        except Exception as exc:
-            out[name] = f"unavailable ({type(exc).__name__})"
-    try:
-        import openslide
-
-        out["openslide (C library)"] = str(openslide.__library_version__)
-    except Exception:
-        pass
-    try:
-        import imagecodecs
-
-        out["libjpeg"] = imagecodecs.jpeg8_version()
-        out["charls"] = imagecodecs.jpegls_version()
-    except Exception:
-        pass
-    return out
-
-
-def machine() -> dict[str, Any]:
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": cpu_model(), "memory_gib": mem,
-            "platform": platform.platform(), "loadavg_at_start": [round(v, 2) for v in os.getloadavg()]}
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured and the files changed outside benchmarks/ (others edit cucim_like/ meanwhile)."""
-    def git(*argv: str) -> str:
-        proc = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=str(REPO), check=False)
-        return proc.stdout.rstrip() if proc.returncode == 0 else ""  # keep porcelain's leading status column
-
-    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("benchmarks/")]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip() or "unknown", "dirty": dirty}
+LIBRARIES = [("numpy", "numpy"), ("pydicom", "pydicom"), ("wsidicom", "wsidicom"), ("openslide-python", "openslide"),
+             ("imagecodecs", "imagecodecs"), ("pyjpegls", "jpeg_ls"), ("pylibjpeg", "pylibjpeg"), ("pillow", "PIL")]
+C_LIBRARIES = ("openslide (C library)", "libjpeg", "charls")
 
 
 def files_info(root: Path) -> dict[str, float]:
@@ -485,12 +339,7 @@ RSS_CODE = """
 import json
 which, path, index = {which!r}, {path!r}, {index}
 
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
+""" + PROC_STATUS_CODE + """
 import numpy as np
 if which == "cucim_like":
     from cucim_like import CuImage
@@ -505,9 +354,9 @@ elif which == "pydicom.pixels.pixel_array":
 else:
     import pydicom, pydicom.pixels
     read = lambda: pydicom.dcmread(path).pixel_array[index]
-base_rss, base_peak = status("VmRSS"), status("VmHWM")
+base_rss, base_peak = proc_status("VmRSS"), proc_status("VmHWM")
 arr = read()
-print(json.dumps(dict(baseline_rss=base_rss, baseline_peak=base_peak, peak=status("VmHWM"), shape=list(arr.shape),
+print(json.dumps(dict(baseline_rss=base_rss, baseline_peak=base_peak, peak=proc_status("VmHWM"), shape=list(arr.shape),
                       first_pixel=int(np.asarray(arr).reshape(-1)[0]))))
 """
 
@@ -779,15 +628,9 @@ def wsi_lines(wsi: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    m, v, g = results["machine"], results["versions"], results["git"]
     lines = [
         f"## DICOM run of {results['date']}", "",
-        f"- cucim_like: commit {g['commit']}"
-        + (f" with uncommitted changes to {', '.join(g['dirty'])}" if g["dirty"] else ", no uncommitted changes")
-        + f" (run started {results['started']}, {results['wall_s']} s)",
-        f"- Machine: {m['nproc']} CPUs (`nproc`), {m['cpu_model']}, {m['memory_gib']} GiB RAM, {m['platform']}; "
-        f"load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')} (the machine is shared)",
-        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        *environment_lines(results, wall=True),
         "- Files (MiB): " + ", ".join(f"`{k}` {val}" for k, val in results["files_mib"].items()),
         f"- Repeats: {results['repeats']} per contender, round-robin in one process; medians shown; "
         "time / cucim_like > 1 means cucim_like is faster. Files are in the OS page cache (warm).", "",
@@ -850,10 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None,
                    help="results file (default: data/dicom-results.json, data/dicom-results-quick.json with --quick)")
     a = p.parse_args(argv)
-    only = [s.strip() for s in a.sections.split(",") if s.strip()]
-    unknown = sorted(set(only) - set(SECTIONS))
-    if unknown:
-        p.error(f"unknown sections {unknown}; choose from {','.join(SECTIONS)}")
+    only = parse_sections(p, a.sections, SECTIONS)
     quick = a.quick
     repeats = 2 if quick and a.repeats == 5 else a.repeats
     if a.json is None:
@@ -862,9 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     if parts:
         make_dicom.main(["--out", str(a.data), "--only", ",".join(parts)])  # writes only what is missing
 
-    results: dict[str, Any] = {"date": dt.date.today().isoformat(), "started": dt.datetime.now().strftime("%H:%M:%S"),
-                               "git": git_state(), "machine": machine(), "versions": versions(),
-                               "files_mib": files_info(a.data), "repeats": repeats, "quick": quick, "sections": {}}
+    results: dict[str, Any] = {**run_record(LIBRARIES, C_LIBRARIES), "files_mib": files_info(a.data),
+                               "repeats": repeats, "quick": quick, "sections": {}}
     t0 = time.perf_counter()
     if "wsi" in only:
         results["sections"]["wsi"] = section_wsi(a.data, repeats, 40 if quick else WSI_READS, 3 if quick else 10,
@@ -878,13 +717,7 @@ def main(argv: list[str] | None = None) -> int:
         results["sections"]["jpegls"] = section_jpegls(a.data / make_dicom.JPEGLS_NAME, repeats,
                                                        30 if quick else JPEGLS_READS)
     results["targets"] = targets(results)
-    results["wall_s"] = round(time.perf_counter() - t0, 1)
-    results["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(results, indent=2, default=str))
-    md = markdown(results)
-    a.json.with_suffix(".md").write_text(md)
+    md = save_results(a.json, results, t0, markdown)
     print()
     print(md)
     print(f"wrote {a.json} and {a.json.with_suffix('.md')}")
