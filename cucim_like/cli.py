@@ -146,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("read", help="read a region (or a whole level) to a .png or .npy file")
     p.add_argument("path")
-    p.add_argument("--location", nargs=2, type=int, metavar=("X", "Y"), help="level-0 pixel coordinates")
-    p.add_argument("--size", nargs=2, type=int, metavar=("W", "H"))
+    p.add_argument("--location", nargs="+", type=int, metavar="X Y [Z]",
+                   help="level-0 pixel coordinates (x y; volumes x y z)")
+    p.add_argument("--size", nargs="+", type=int, metavar="W H [D]", help="w h; volumes w h d")
     p.add_argument("--level", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="decode threads (0: one per CPU)")
     p.add_argument("-o", "--output", required=True, help="out.png or out.npy")
