@@ -15,6 +15,12 @@ def file_identity(path: str) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _check_range(reader, start: int, stop: int, level: int | None, tile: object) -> None:
+    if start < 0 or stop > reader.size or stop < start:
+        raise CorruptFileError(f"byte range {start}-{stop} lies outside the file of {reader.size} bytes",
+                               path=reader.path, level=level, tile=tile)
+
+
 class FileReader:
     """Reads byte ranges of one file through one descriptor, opened on first use and after ``close``."""
 
@@ -30,21 +36,20 @@ class FileReader:
         fd = self._fd
         if fd is None:
             with self._lock:
-                if self._fd is None:
-                    try:
-                        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                    except FileNotFoundError as exc:
-                        raise ImageFileNotFoundError("file disappeared", path=self.path) from exc
-                fd = self._fd
+                fd = self._descriptor_unlocked()
         return fd
+
+    def _descriptor_unlocked(self) -> int:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError as exc:
+                raise ImageFileNotFoundError("file disappeared", path=self.path) from exc
+        return self._fd
 
     def read(self, start: int, stop: int, *, level: int | None = None, tile: object = None) -> bytes:
         """Bytes [start, stop) of the file; CorruptFileError when the file ends before ``stop``."""
-        if start < 0 or stop > self.size or stop < start:
-            raise CorruptFileError(
-                f"byte range {start}-{stop} lies outside the file of {self.size} bytes",
-                path=self.path, level=level, tile=tile,
-            )
+        _check_range(self, start, stop, level, tile)
         data = os.pread(self._descriptor(), stop - start, start)
         if len(data) != stop - start:
             raise CorruptFileError(
@@ -58,29 +63,18 @@ class FileReader:
 
         Callers must not keep the view past ``close`` (the map itself stays valid until collected).
         """
-        if start < 0 or stop > self.size or stop < start:
-            raise CorruptFileError(
-                f"byte range {start}-{stop} lies outside the file of {self.size} bytes",
-                path=self.path, level=level, tile=tile,
-            )
+        _check_range(self, start, stop, level, tile)
         mp = self._map
         if mp is None:
             with self._lock:
                 if self._map is None:
-                    if os.fstat(self._descriptor_unlocked()).st_size < self.size:
+                    fd = self._descriptor_unlocked()
+                    if os.fstat(fd).st_size < self.size:
                         raise CorruptFileError("the file was truncated after opening", path=self.path,
                                                level=level, tile=tile)
-                    self._map = mmap.mmap(self._descriptor_unlocked(), self.size, access=mmap.ACCESS_READ)
+                    self._map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ)
                 mp = self._map
         return memoryview(mp)[start:stop]
-
-    def _descriptor_unlocked(self) -> int:
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError as exc:
-                raise ImageFileNotFoundError("file disappeared", path=self.path) from exc
-        return self._fd
 
     def close(self) -> None:
         with self._lock:
@@ -102,21 +96,16 @@ class MemoryReader:
 
     def __init__(self, path: str, data: bytes) -> None:
         self.path = path
-        self.identity = (*file_identity(path)[:2], len(data), file_identity(path)[3])
+        self.identity = file_identity(path)
         self.size = len(data)
         self._data = data
 
     def read(self, start: int, stop: int, *, level: int | None = None, tile: object = None) -> bytes:
-        if start < 0 or stop > self.size or stop < start:
-            raise CorruptFileError(f"byte range {start}-{stop} lies outside the data of {self.size} bytes",
-                                   path=self.path, level=level, tile=tile)
+        _check_range(self, start, stop, level, tile)
         return self._data[start:stop]
 
     def view(self, start: int, stop: int, *, level: int | None = None, tile: object = None) -> memoryview:
-        self.read(start, start, level=level, tile=tile)
-        if stop > self.size or stop < start:
-            raise CorruptFileError(f"byte range {start}-{stop} lies outside the data of {self.size} bytes",
-                                   path=self.path, level=level, tile=tile)
+        _check_range(self, start, stop, level, tile)
         return memoryview(self._data)[start:stop]
 
     def close(self) -> None:

@@ -18,14 +18,10 @@ from ..cache import TileCache
 from ..codecs import Decoder, get_decoder
 from ..errors import CorruptFileError, CucimLikeError, DecodeError
 from ..fileio import FileReader
-from ..formats.base import Level
+from ..formats.base import Level, compressed_tile_limit
 from ..plan import ByteRange, Plan, TileJob, box_slices, coalesce_ranges
 from .pool import thread_pool
 
-# A compressed tile may not be larger than this multiple of its decoded size (plus a constant): a header
-# claiming more is damaged, and believing it would size a read by an unchecked field.
-_MAX_EXPANSION = 4
-_MAX_SLACK = 1 << 20
 _SMALL_REQUEST_TILES = 64
 
 Progress = Callable[[int], None]
@@ -164,7 +160,7 @@ class _Read:
 
 def _check_tiles(state: _Read, tiles: list[int]) -> None:
     """Refuse tiles whose offset/length lie outside their file or exceed a bounded expansion of the tile."""
-    limit = _MAX_EXPANSION * state.level.decoded_tile_nbytes + _MAX_SLACK
+    limit = compressed_tile_limit(state.level.decoded_tile_nbytes)
     if len(tiles) <= _SMALL_REQUEST_TILES:  # plain Python is quicker than NumPy for a handful
         for tile in tiles:
             off, ln = int(state.offsets[tile]), int(state.lengths[tile])

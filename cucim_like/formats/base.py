@@ -109,6 +109,16 @@ class Level:
 
 _table_lock = threading.Lock()
 
+# A compressed tile may not be larger than this multiple of its decoded size (plus a constant): a header
+# claiming more is damaged, and believing it would size a read by an unchecked field.
+_MAX_EXPANSION = 4
+_MAX_SLACK = 1 << 20
+
+
+def compressed_tile_limit(decoded_nbytes: int) -> int:
+    """The most bytes a tile that decodes to ``decoded_nbytes`` may take compressed."""
+    return _MAX_EXPANSION * decoded_nbytes + _MAX_SLACK
+
 
 @dataclass
 class AssociatedImage:

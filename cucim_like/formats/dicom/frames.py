@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import CorruptFileError
+from ..base import compressed_tile_limit
 
 if TYPE_CHECKING:
     from .header import DicomInstance
 
 _ITEM = (0xFFFE, 0xE000)
 _SEQUENCE_END = (0xFFFE, 0xE0DD)
-# a compressed frame may take at most this multiple of its decoded size (plus a constant)
-_MAX_EXPANSION = 4
-_MAX_SLACK = 1 << 20
 
 
 def native_frames(inst: DicomInstance) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +84,6 @@ def _extended_offsets(inst: DicomInstance) -> tuple[np.ndarray, np.ndarray] | No
     return offsets.astype(np.int64), lengths.astype(np.int64)
 
 
-def _limit(inst: DicomInstance) -> int:
-    return _MAX_EXPANSION * inst.frame_nbytes + _MAX_SLACK
-
-
 def _ranges_from_offsets(inst: DicomInstance, first: int, offsets: np.ndarray,
                          lengths: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Absolute frame ranges from offsets relative to the first fragment (BOT or EOT)."""
@@ -111,7 +105,7 @@ def _ranges_from_offsets(inst: DicomInstance, first: int, offsets: np.ndarray,
         # find: read up to the bounded size of one frame (decoding stops at the sequence delimiter).
         ends = np.empty(n, np.int64)
         ends[:-1] = starts[1:]
-        ends[-1] = min(inst.file_size, int(starts[-1]) + _limit(inst))
+        ends[-1] = min(inst.file_size, int(starts[-1]) + compressed_tile_limit(inst.frame_nbytes))
     if (ends > inst.file_size).any():
         i = int(np.flatnonzero(ends > inst.file_size)[0])
         raise _error(inst, "frame runs past the end of the file: the pixel data is truncated", i)

@@ -57,19 +57,13 @@ def _pydicom():
     return pydicom
 
 
-def _inflated(path: str, fh) -> bytes:
-    """The file with its deflated dataset inflated (preamble and file meta kept), bounded in size."""
+def _inflated(path: str, fh, head_end: int) -> bytes:
+    """The file with its deflated dataset (from ``head_end``) inflated, preamble and file meta kept; bounded."""
     import zlib
 
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-
-    read_preamble(fh, False)
-    _read_file_meta_info(fh)
-    head_end = fh.tell()
     fh.seek(0)
-    head = fh.read(head_end)
+    parts = [fh.read(head_end)]
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    parts = [head]
     total = 0
     while chunk := fh.read(1 << 20):
         out = inflater.decompress(chunk, _MAX_INFLATED + 1 - total)
@@ -84,33 +78,33 @@ def _inflated(path: str, fh) -> bytes:
     return b"".join(parts)
 
 
-def read_dataset(path: str, *, stop_before_pixels: bool = True):
-    """(dataset without pixel data, position of the Pixel Data element or -1, inflated bytes or None).
+def read_dataset(path: str):
+    """(dataset without pixel data, position of the Pixel Data element (-1 when there is none), the first 12
+    bytes there, the inflated bytes of a Deflated file or None).
 
-    Deflated files are inflated into memory (bounded); positions then refer to those bytes. Typed errors only.
+    The file is opened once and read up to the Pixel Data element. Deflated files are inflated into memory
+    (bounded); the position then refers to those bytes. Typed errors only.
     """
     pydicom = _pydicom()
+    fr = pydicom.filereader
     inflated = None
     try:
         with open(path, "rb") as fh:
-            pydicom.filereader.read_preamble(fh, False)
-            meta = pydicom.filereader._read_file_meta_info(fh)
-            fh.seek(0)
+            fr.read_preamble(fh, False)
+            meta = fr._read_file_meta_info(fh)  # the transfer syntax, before pydicom inflates anything
             if str(getattr(meta, "TransferSyntaxUID", "")) == DEFLATED:
-                inflated = _inflated(path, fh)
-                mem = io.BytesIO(inflated)  # parse the inflated copy
-                end = len(inflated)
-                pydicom.filereader.read_preamble(mem, False)
-                pydicom.filereader._read_file_meta_info(mem)
-                ds = pydicom.filereader.read_dataset(mem, is_implicit_VR=False, is_little_endian=True,
-                                                     stop_when=pydicom.filereader._at_pixel_data)
+                head_end = fh.tell()
+                inflated = _inflated(path, fh, head_end)
+                src = io.BytesIO(inflated)
+                src.seek(head_end)
+                ds = fr.read_dataset(src, is_implicit_VR=False, is_little_endian=True, stop_when=fr._at_pixel_data)
                 ds.file_meta = meta
-                pos = mem.tell()
-                return ds, (pos if pos < end else -1), inflated
-            ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, defer_size="1 MB")
-            pos = fh.tell()
-            fh.seek(0, os.SEEK_END)
-            end = fh.tell()
+            else:
+                fh.seek(0)
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size="1 MB")
+                src = fh
+            pos = src.tell()
+            head = src.read(12)
     except CucimLikeError:
         raise
     except PermissionError as exc:
@@ -119,7 +113,7 @@ def read_dataset(path: str, *, stop_before_pixels: bool = True):
         raise FileAccessError(f"permission denied: {exc.strerror}", path=path) from exc
     except Exception as exc:  # pydicom raises many kinds (InvalidDicomError, struct.error, EOFError, ...)
         raise CorruptFileError(f"DICOM header cannot be parsed: {exc}", path=path) from exc
-    return ds, (pos if pos < end else -1), inflated
+    return ds, (pos if head else -1), head, inflated
 
 
 def _int(ds, keyword: str, default: int | None = None, *, path: str) -> int:
@@ -151,7 +145,7 @@ class DicomInstance:
 
     def _parse(self) -> None:
         path = self.path
-        ds, pixel_pos, self.inflated = read_dataset(path)
+        ds, pixel_pos, pixel_head, self.inflated = read_dataset(path)
         self.ds = ds
         self.transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
         if self.inflated is not None:
@@ -173,7 +167,7 @@ class DicomInstance:
         self.dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
         self.codec = self._codec_spec(ds)
         self.frame_nbytes = self.rows * self.columns * self.samples * self.dtype.itemsize
-        self._pixel_element(pixel_pos)
+        self._pixel_element(pixel_pos, pixel_head)
 
     # -- codec ---------------------------------------------------------------------------------------------
     def _codec_spec(self, ds) -> CodecSpec:
@@ -201,16 +195,11 @@ class DicomInstance:
         return self.codec.framing == "dicom-items"
 
     # -- pixel data element --------------------------------------------------------------------------------
-    def _pixel_element(self, pos: int) -> None:
-        """Locate the Pixel Data value: ``pixel_offset`` and (native) ``pixel_length``."""
+    def _pixel_element(self, pos: int, head: bytes) -> None:
+        """Locate the Pixel Data value from its element header ``head`` at ``pos``: ``pixel_offset`` and
+        (native) ``pixel_length``."""
         if pos < 0:
             raise UnsupportedFormatError("DICOM file has no pixel data", path=self.path)
-        if self.inflated is not None:
-            head = self.inflated[pos : pos + 12]
-        else:
-            with open(self.path, "rb") as fh:
-                fh.seek(pos)
-                head = fh.read(12)
         little = self.transfer_syntax != "1.2.840.10008.1.2.2"
         implicit = self.transfer_syntax == "1.2.840.10008.1.2"
         e = "<" if little else ">"
