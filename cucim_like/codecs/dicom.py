@@ -106,49 +106,50 @@ class NativeFrameDecoder(Decoder):
         return arr
 
 
-class JpegLsDecoder(Decoder):
-    """JPEG-LS (lossless and near-lossless) frames via CharLS."""
+class _JpegFamilyDecoder(Decoder):
+    """Frames of a JPEG-family codec decoded by one imagecodecs function into the frame: the frame header
+    (``_markers``) is checked first; YBR_FULL samples are converted to RGB unless ``_stored_rgb`` says the
+    stream holds RGB."""
+
+    _codec = _function = _label = ""
+    _markers: frozenset[int] = frozenset()
 
     def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
         super().__init__(spec, tile_shape, dtype)
-        self._decode = imagecodecs_function("jpegls", "jpegls_decode")
+        self._decode = imagecodecs_function(self._codec, self._function)
+
+    def _stored_rgb(self, data: bytes | memoryview) -> bool:
+        return False
 
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
-        precision, height, width, comps = jpeg_frame(data, _JPEGLS_SOF)
-        _check_frame(height, width, comps, self.tile_shape, "JPEG-LS")
+        precision, height, width, comps = jpeg_frame(data, self._markers)
+        _check_frame(height, width, comps, self.tile_shape, self._label)
         if precision > self.dtype.itemsize * 8:
-            raise DecodeError(f"JPEG-LS precision {precision} does not fit {self.dtype}")
+            raise DecodeError(f"{self._label} precision {precision} does not fit {self.dtype}")
         target = out[0] if comps > 1 else out[0, :, :, 0]
         try:
             self._decode(data, out=target)
         except Exception as exc:
-            raise DecodeError(f"JPEG-LS stream is damaged: {exc}") from exc
-        _to_rgb(self.spec, out[0])
-        return out
-
-
-class LosslessJpegDecoder(Decoder):
-    """Lossless JPEG (process 14, ITU T.81 SOF3) frames."""
-
-    def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
-        super().__init__(spec, tile_shape, dtype)
-        self._decode = imagecodecs_function("ljpeg", "ljpeg_decode")
-
-    def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
-        precision, height, width, comps = jpeg_frame(data, _LOSSLESS_SOF)
-        _check_frame(height, width, comps, self.tile_shape, "lossless JPEG")
-        if precision > self.dtype.itemsize * 8:
-            raise DecodeError(f"lossless JPEG precision {precision} does not fit {self.dtype}")
-        try:
-            arr = self._decode(data)
-        except Exception as exc:
-            raise DecodeError(f"lossless JPEG stream is damaged: {exc}") from exc
-        if arr.size != out.size:
-            raise DecodeError(f"lossless JPEG decoded to {arr.shape}, the frame is {self.tile_shape[1:]}")
-        out.reshape(-1)[...] = arr.reshape(-1)
-        if not _stream_is_rgb(data):  # the stream's own markers win over the header's photometric
+            raise DecodeError(f"{self._label} stream is damaged: {exc}") from exc
+        if not self._stored_rgb(data):
             _to_rgb(self.spec, out[0])
         return out
+
+
+class JpegLsDecoder(_JpegFamilyDecoder):
+    """JPEG-LS (lossless and near-lossless) frames via CharLS."""
+
+    _codec, _function, _label, _markers = "jpegls", "jpegls_decode", "JPEG-LS", _JPEGLS_SOF
+
+
+class LosslessJpegDecoder(_JpegFamilyDecoder):
+    """Lossless JPEG (process 14, ITU T.81 SOF3) frames; the stream's own markers win over the header's
+    photometric interpretation."""
+
+    _codec, _function, _label, _markers = "ljpeg", "ljpeg_decode", "lossless JPEG", _LOSSLESS_SOF
+
+    def _stored_rgb(self, data: bytes | memoryview) -> bool:
+        return _stream_is_rgb(data)
 
 
 def _stream_is_rgb(data: bytes | memoryview) -> bool:
@@ -187,7 +188,7 @@ class DicomRleDecoder(Decoder):
             raise DecodeError("RLE segment offsets are out of order or past the frame")
         _, ty, tx, cs = self.tile_shape
         try:
-            raw = self._decode(bytes(data), dtype=self.dtype.newbyteorder("<"))
+            raw = self._decode(data, dtype=self.dtype.newbyteorder("<"))
         except Exception as exc:
             raise DecodeError(f"RLE stream is damaged: {exc}") from exc
         if len(raw) != out.nbytes:
