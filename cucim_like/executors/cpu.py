@@ -116,17 +116,8 @@ class _Read:
         level = self.level
         direct = self.direct_target(jobs)
         if direct is not None:
-            try:
-                arr = self.decoder.decode(data, direct)
-            except CucimLikeError as exc:
-                raise DecodeError(exc.message, path=self.path, level=level.index,
-                                  tile=tile_coords(level, tile)) from exc
-            if arr.shape != direct.shape or not np.shares_memory(arr, direct):
-                self.place(arr, jobs, tile)  # a short tile (raises) or a decoder that returned its own array
-            if self.insert and self.cache is not None:
-                self.cache.put(self.cache_key(tile), arr.copy())
-            return
-        if self.insert:
+            buf = direct
+        elif self.insert:
             buf = np.empty(level.decoded_tile_shape, level.dtype)
         else:
             buf = _scratch.get(level.decoded_tile_shape, level.dtype)
@@ -135,9 +126,10 @@ class _Read:
         except CucimLikeError as exc:
             raise DecodeError(exc.message, path=self.path, level=level.index,
                               tile=tile_coords(level, tile)) from exc
-        self.place(arr, jobs, tile)
+        if direct is None or arr.shape != direct.shape or not np.may_share_memory(arr, direct):
+            self.place(arr, jobs, tile)  # decoded elsewhere, or a short tile decoded in place (place raises)
         if self.insert and self.cache is not None:
-            self.cache.put(self.cache_key(tile), arr)
+            self.cache.put(self.cache_key(tile), arr.copy() if direct is not None else arr)
 
     def read_range(self, rng: ByteRange) -> memoryview:
         tile = rng.tiles[0] if len(rng.tiles) == 1 else None
