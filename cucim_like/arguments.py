@@ -83,6 +83,13 @@ def parse_locations(location: object, nd: int) -> tuple[np.ndarray, bool]:
     Accepts sequences, NumPy integer arrays of any integer dtype (flat or N x nd) and iterables such as
     generators; a flat sequence of N * nd integers is read as N locations.
     """
+    try:
+        return _parse_locations(location, nd)
+    except OverflowError:
+        raise InvalidArgumentError("locations do not fit 64-bit integers") from None
+
+
+def _parse_locations(location: object, nd: int) -> tuple[np.ndarray, bool]:
     if type(location) is tuple and len(location) == nd and all(type(v) is int for v in location):
         return np.array([location], dtype=np.int64), True  # the common case, fast
     if isinstance(location, np.ndarray):

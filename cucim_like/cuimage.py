@@ -274,15 +274,6 @@ class CuImage:
             raise InvalidArgumentError("give both location and size, or neither for the whole level")
         sz = args.check_size(args.int_tuple(size, nd, "size"))
         extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
-        if (batch_size == 1 and type(location) is tuple and len(location) == nd
-                and all(type(v) is int for v in location)):
-            # one plain (x, y[, z]): the common case, without NumPy
-            ds = lvl.downsample
-            x, y = (location[0], location[1]) if ds == 1 else (math.floor(location[0] / ds),
-                                                                 math.floor(location[1] / ds))
-            start = (location[2] if nd == 3 else 0, y, x)
-            out = self._read(lvl, start, extent, buf, fill_value, workers, progress)
-            return self._rescaled(out, start[0]) if rescale else out
         locations, single = args.parse_locations(location, nd)
         b, prefetch = check_batch_arguments(batch_size, prefetch_factor)
         starts = self._level_starts(locations, lvl)

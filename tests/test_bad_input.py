@@ -737,3 +737,9 @@ def test_every_error_class_is_exported():
     assert issubclass(ImageFileNotFoundError, FileNotFoundError)
     assert issubclass(CorruptFileError, OSError) and issubclass(DecodeError, ValueError)
     assert math.isfinite(H)  # keeps the module's imports honest
+
+
+@pytest.mark.parametrize("location", [(2**70, 0), [(2**70, 0), (1, 2)], [2**64, 0]])
+def test_locations_beyond_64_bits_are_a_typed_error(small_slide, location):
+    with CuImage(small_slide[0]) as img, pytest.raises(InvalidArgumentError, match="64-bit"):
+        img.read_region(location, (4, 4))
