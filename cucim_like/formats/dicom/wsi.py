@@ -64,10 +64,18 @@ def _z_um(item) -> float:
 
 
 class _Frames:
-    """Frames of one level, as rows (file id, frame number, optical path, z in um, tile row, tile column)."""
+    """Frames of one level as parallel int64/float64 columns: file id, frame number, optical path (index into
+    ``paths``), z in um, tile row, tile column. TILED_FULL frames are added without a loop per frame."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[int, int, str, float, int, int]] = []
+        self.paths: list[str] = []
+        self._parts: list[tuple[np.ndarray, ...]] = []
+
+    def _path_index(self, ids: list[str]) -> np.ndarray:
+        for pid in ids:
+            if pid not in self.paths:
+                self.paths.append(pid)
+        return np.asarray([self.paths.index(pid) for pid in ids], dtype=np.int64)
 
     def add_tiled_full(self, fid: int, inst: DicomInstance, across: int, down: int) -> None:
         paths = _optical_paths(inst)
@@ -79,7 +87,8 @@ class _Frames:
         if nz < 1 or start < 0:
             raise CorruptFileError("TotalPixelMatrixFocalPlanes or ConcatenationFrameOffsetNumber is invalid",
                                    path=inst.path)
-        g = start + np.arange(inst.frames, dtype=np.int64)
+        frame = np.arange(inst.frames, dtype=np.int64)
+        g = start + frame
         tx, rest = g % across, g // across
         ty, rest = rest % down, rest // down
         zi, pi = rest % nz, rest // nz
@@ -87,8 +96,8 @@ class _Frames:
             raise CorruptFileError(f"{inst.frames} frames from offset {start} exceed the TILED_FULL matrix of "
                                    f"{across} x {down} tiles x {nz} focal planes x {len(paths)} optical paths",
                                    path=inst.path)
-        for j in range(inst.frames):
-            self.rows.append((fid, j, paths[pi[j]], round(z0 + zi[j] * dz, 6), int(ty[j]), int(tx[j])))
+        self._parts.append((np.full(inst.frames, fid, np.int64), frame, self._path_index(paths)[pi],
+                            np.round(z0 + zi * dz, 6), ty, tx))
 
     def add_sparse(self, fid: int, inst: DicomInstance, tile_w: int, tile_h: int) -> None:
         per_frame = inst.get("PerFrameFunctionalGroupsSequence")
@@ -100,20 +109,30 @@ class _Frames:
         shared_path = _first(shared, "OpticalPathIdentificationSequence")
         if shared_path is not None:
             default_path = str(shared_path.get("OpticalPathIdentifier", default_path))
+        n = inst.frames
+        cols, rows, z = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.float64)
+        path_ids: list[str] = []
         for j, item in enumerate(per_frame):
             pos = _first(item, "PlanePositionSlideSequence") or _first(shared, "PlanePositionSlideSequence")
             if pos is None:
                 raise CorruptFileError("frame has no PlanePositionSlideSequence", path=inst.path,
                                        tile=f"frame {j}")
-            col = int(pos.get("ColumnPositionInTotalImagePixelMatrix", 0) or 0) - 1
-            row = int(pos.get("RowPositionInTotalImagePixelMatrix", 0) or 0) - 1
-            if col < 0 or row < 0 or col % tile_w or row % tile_h:
-                raise UnsupportedFormatError(f"frame {j} at pixel ({col + 1}, {row + 1}) is not on the tile grid",
-                                             path=inst.path)
+            cols[j] = int(pos.get("ColumnPositionInTotalImagePixelMatrix", 0) or 0) - 1
+            rows[j] = int(pos.get("RowPositionInTotalImagePixelMatrix", 0) or 0) - 1
+            z[j] = float(pos.get("ZOffsetInSlideCoordinateSystem", 0.0) or 0.0)
             path_item = _first(item, "OpticalPathIdentificationSequence")
-            path = str(path_item.get("OpticalPathIdentifier", default_path)) if path_item is not None else default_path
-            z = float(pos.get("ZOffsetInSlideCoordinateSystem", 0.0) or 0.0)
-            self.rows.append((fid, j, path, round(z, 6), row // tile_h, col // tile_w))
+            path_ids.append(str(path_item.get("OpticalPathIdentifier", default_path)) if path_item is not None
+                            else default_path)
+        off_grid = (cols < 0) | (rows < 0) | (cols % tile_w != 0) | (rows % tile_h != 0)
+        if off_grid.any():
+            j = int(np.argmax(off_grid))
+            raise UnsupportedFormatError(f"frame {j} at pixel ({cols[j] + 1}, {rows[j] + 1}) is not on the tile "
+                                         "grid", path=inst.path)
+        self._parts.append((np.full(n, fid, np.int64), np.arange(n, dtype=np.int64), self._path_index(path_ids),
+                            np.round(z, 6), rows // tile_h, cols // tile_w))
+
+    def columns(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate(c) for c in zip(*self._parts, strict=True))
 
 
 class DicomWsiSource(DicomSource):
@@ -173,23 +192,23 @@ class DicomWsiSource(DicomSource):
                     continue
                 seen_parts.add(part)
                 frames.add_tiled_full(fid, inst, across, down)
-        by_key: dict[tuple[str, float], list[tuple[int, int, int, int]]] = defaultdict(list)
-        for fid, j, path, z, ty, tx in frames.rows:
-            by_key[(path, z)].append((fid, j, ty, tx))
+        fid_col, frame_col, path_col, z_col, ty_col, tx_col = frames.columns()
         # optical paths in the order the instances list them (sparse frames may come in any order)
         declared = [pid for inst in insts for pid in _optical_paths(inst)]
-        path_order = list(dict.fromkeys([*declared, *(k[0] for k in by_key)]))
-        keys = sorted(by_key, key=lambda k: (path_order.index(k[0]), k[1]))
+        path_order = list(dict.fromkeys([*declared, *frames.paths]))
+        rank = np.asarray([path_order.index(pid) for pid in frames.paths], dtype=np.int64)[path_col]
+        zs, z_index = np.unique(z_col, return_inverse=True)
+        variant_col = rank * len(zs) + z_index.reshape(-1)
+        inside = (ty_col < down) & (tx_col < across)
+        keys = []
         levels = []
-        for variant, key in enumerate(keys):
-            rows = np.asarray(by_key[key], dtype=np.int64)
+        for variant, code in enumerate(np.unique(variant_col)):
+            keys.append((path_order[int(code) // len(zs)], float(zs[int(code) % len(zs)])))
+            sel = np.flatnonzero((variant_col == code) & inside)[::-1]  # on duplicates the first frame wins
             file_grid = np.zeros((1, 1, down, across), np.int64)
             frame_grid = np.full((1, 1, down, across), -1, np.int64)
-            ty, tx = rows[:, 2], rows[:, 3]
-            inside = (ty < down) & (tx < across)
-            rows = rows[inside][::-1]  # on duplicates the first frame wins (it is written last)
-            file_grid[0, 0, rows[:, 2], rows[:, 3]] = rows[:, 0]
-            frame_grid[0, 0, rows[:, 2], rows[:, 3]] = rows[:, 1]
+            file_grid[0, 0, ty_col[sel], tx_col[sel]] = fid_col[sel]
+            frame_grid[0, 0, ty_col[sel], tx_col[sel]] = frame_col[sel]
             loader = functools.partial(tile_table, self.instances, file_grid, frame_grid)
             levels.append(Level(
                 index=index, shape=(1, height, width, ref.samples), tile_shape=(1, ref.rows, ref.columns),
