@@ -24,6 +24,8 @@ set size (``rss_growth_kb``) while it ran.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import math
 import os
@@ -121,6 +123,45 @@ def _tail(path: Path, n: int = 3000) -> str:
     except OSError:
         return ""
 
+
+
+def review(mutants: list[dict], results: list[dict],
+           ) -> tuple[list[str], collections.Counter, dict, collections.Counter]:
+    """Judge mutant runs: (problems, first outcome counts, those per source, typed errors not naming the
+    mutant's path). A problem is a crash, a hang, an untyped error or a file changed on disk. Each mutant is
+    ``{"path", "source", "what", "identity"}`` with ``identity`` from :func:`file_state`."""
+    problems: list[str] = []
+    outcomes: collections.Counter[str] = collections.Counter()
+    by_source: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    without_path: collections.Counter[str] = collections.Counter()
+    for m, r in zip(mutants, results, strict=True):
+        path = Path(m["path"])
+        label = f"{path.parent.name}/{path.name} ({m['what']})"
+        if r["status"] != "done":
+            problems.append(f"{label}: {r['status']} {r.get('returncode', '')} {r.get('stderr', '')[-600:]}")
+            outcomes[r["status"]] += 1
+            continue
+        first = "success"
+        for o in r["outcomes"]:
+            if "exc" not in o:
+                continue
+            if not o["typed"]:
+                problems.append(f"{label}: {o['op']} raised {o['module']}.{o['exc']}: {o['msg']}")
+            elif o["path"] != m["path"] and o["exc"] != "InvalidArgumentError":
+                without_path[o["exc"]] += 1
+            if first == "success":
+                first = o["exc"]
+        if file_state(path) != tuple(m["identity"]):
+            problems.append(f"{label}: the file on disk changed")
+        outcomes[first] += 1
+        by_source[m["source"]][first] += 1
+    return problems, outcomes, by_source, without_path
+
+
+def file_state(path: Path) -> tuple[str, int, int]:
+    """(sha256, size, mtime) of a file: tells whether reading it changed it."""
+    st = path.stat()
+    return hashlib.sha256(path.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns
 
 # -- child side ---------------------------------------------------------------------------------------------
 def _cap_address_space(headroom_mb: int) -> None:

@@ -10,7 +10,6 @@ Basic Offset Table entries, the Pixel Data element length, and zeroed spans. Eac
 
 from __future__ import annotations
 
-import collections
 import os
 import random
 import struct
@@ -21,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ._mutation_worker import run_jobs
+from ._mutation_worker import file_state, review, run_jobs
 from .conftest import SHARED_DATA
-from .test_mutation import _identity
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -213,7 +211,7 @@ def _make_mutants(name: str, source: Path, count: int, out: Path) -> list[dict]:
         folder.mkdir()
         path = folder / source.name
         path.write_bytes(data)
-        mutants.append({"path": str(path), "source": name, "what": what, "identity": _identity(path)})
+        mutants.append({"path": str(path), "source": name, "what": what, "identity": file_state(path)})
     return mutants
 
 
@@ -245,23 +243,7 @@ def test_dicom_mutants_fail_only_with_typed_errors(tmp_path):
         if path.exists():
             mutants += _make_mutants(Path(rel).stem, path, count, out)
     results = run_jobs([{"path": m["path"], "ops": None} for m in mutants], tmp_path / "work")
-    problems: list[str] = []
-    outcomes: collections.Counter[str] = collections.Counter()
-    for m, r in zip(mutants, results, strict=True):
-        label = f"{m['source']} {Path(m['path']).parent.name} ({m['what']})"
-        if r["status"] != "done":
-            problems.append(f"{label}: {r['status']} {r.get('returncode', '')} {r.get('stderr', '')[-600:]}")
-            outcomes[r["status"]] += 1
-            continue
-        first = "success"
-        for o in r["outcomes"]:
-            if "exc" in o:
-                if not o["typed"]:
-                    problems.append(f"{label}: {o['op']} raised {o['module']}.{o['exc']}: {o['msg']}")
-                first = o["exc"] if first == "success" else first
-        outcomes[first] += 1
-        if _identity(Path(m["path"])) != tuple(m["identity"]):
-            problems.append(f"{label}: the file on disk changed")
+    problems, outcomes, _, _ = review(mutants, results)
     print(f"\n{len(mutants)} DICOM mutants: {dict(outcomes.most_common())}")
     assert not problems, f"{len(problems)} mutants misbehaved:\n" + "\n".join(problems[:40])
     assert len(mutants) >= 150 * min(SCALE, 1)

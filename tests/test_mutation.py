@@ -10,8 +10,6 @@ names a reproducible file (kept under the test's tmp_path; passing mutants are d
 
 from __future__ import annotations
 
-import collections
-import hashlib
 import os
 import random
 import struct
@@ -26,7 +24,7 @@ import tifffile
 
 import cucim_like
 
-from ._mutation_worker import run_jobs
+from ._mutation_worker import file_state, review, run_jobs
 from .conftest import SHARED_DATA, shared_file
 
 # (file under ../shared/data, number of mutants)
@@ -260,11 +258,6 @@ def _seed(name: str, k: int) -> int:
     return zlib.crc32(f"{name}#{k}".encode())
 
 
-def _identity(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return hashlib.sha256(path.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns
-
-
 def _make_mutants(name: str, source: Path, count: int, out: Path) -> list[dict]:
     original = source.read_bytes()
     st = parse_structure(original)
@@ -274,7 +267,7 @@ def _make_mutants(name: str, source: Path, count: int, out: Path) -> list[dict]:
         data, what = mutate(original, st, rng)
         path = out / f"{name}-{k:03d}{source.suffix}"
         path.write_bytes(data)
-        mutants.append({"path": str(path), "source": name, "what": what, "identity": _identity(path)})
+        mutants.append({"path": str(path), "source": name, "what": what, "identity": file_state(path)})
     return mutants
 
 
@@ -288,13 +281,6 @@ def _available_real_files() -> list[tuple[str, Path, int]]:
 
 
 # -- the test ---------------------------------------------------------------------------------------------------
-def _first_error(result: dict) -> str:
-    for o in result.get("outcomes", []):
-        if "exc" in o:
-            return o["exc"]
-    return "success"
-
-
 def test_mutants_fail_only_with_typed_errors(tmp_path):
     t0 = time.monotonic()
     out = tmp_path / "mutants"
@@ -306,27 +292,7 @@ def test_mutants_fail_only_with_typed_errors(tmp_path):
         mutants += _make_mutants(name, path, count, out)
 
     results = run_jobs([{"path": m["path"], "ops": None} for m in mutants], tmp_path / "work")
-
-    problems: list[str] = []
-    outcomes: collections.Counter[str] = collections.Counter()
-    by_source: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    without_path: collections.Counter[str] = collections.Counter()
-    for m, r in zip(mutants, results, strict=True):
-        label = f"{Path(m['path']).name} ({m['what']})"
-        if r["status"] != "done":
-            problems.append(f"{label}: {r['status']} {r.get('returncode', '')} {r.get('stderr', '')[-600:]}")
-            outcomes[r["status"]] += 1
-            continue
-        for o in r["outcomes"]:
-            if "exc" in o and not o["typed"]:
-                problems.append(f"{label}: {o['op']} raised {o['module']}.{o['exc']}: {o['msg']}")
-            elif "exc" in o and o["path"] != m["path"] and o["exc"] != "InvalidArgumentError":
-                without_path[o["exc"]] += 1
-        if _identity(Path(m["path"])) != tuple(m["identity"]):
-            problems.append(f"{label}: the file on disk changed")
-        first = _first_error(r)
-        outcomes[first] += 1
-        by_source[m["source"]][first] += 1
+    problems, outcomes, by_source, without_path = review(mutants, results)
     elapsed = time.monotonic() - t0
     print(f"\n{len(mutants)} mutants in {elapsed:.1f} s: {dict(outcomes.most_common())}")
     for source, counter in by_source.items():
