@@ -314,29 +314,28 @@ class CuImage:
             raise InvalidArgumentError("optical_path and focal_plane apply to DICOM slides only", path=self._path)
         paths, planes = self.optical_paths, self.focal_planes
         default_path, default_z = next(iter(variants))
-        if optical_path is None:
-            path_id = default_path
-        elif isinstance(optical_path, (int, np.integer)) and not isinstance(optical_path, bool):
-            if not 0 <= optical_path < len(paths):
-                raise InvalidArgumentError(f"optical_path index {optical_path} is out of range; the slide has "
-                                           f"{paths}", path=self._path)
-            path_id = paths[int(optical_path)]
-        else:
-            path_id = str(optical_path)
-        if focal_plane is None:
-            z = default_z
-        elif isinstance(focal_plane, (int, np.integer)) and not isinstance(focal_plane, bool):
-            if not 0 <= focal_plane < len(planes):
-                raise InvalidArgumentError(f"focal_plane index {focal_plane} is out of range; the slide has "
-                                           f"{len(planes)} focal planes", path=self._path)
-            z = planes[int(focal_plane)]
-        else:
-            z = round(float(focal_plane), 6)
+        path_id = self._pick(optical_path, paths, default_path, "optical_path", str)
+        z = self._pick(focal_plane, planes, default_z, "focal_plane", lambda v: round(float(v), 6))
         levels = variants.get((path_id, z))
         if levels is None:
             raise InvalidArgumentError(f"no pixels for optical path {path_id!r} at focal plane {z} um; optical "
                                        f"paths {paths}, focal planes {planes}", path=self._path)
         return levels
+
+    def _pick(self, value: Any, choices: list, default: Any, name: str, by_value: Callable[[Any], Any]) -> Any:
+        """``default`` for None, ``choices[value]`` for an integer index, else ``by_value(value)``."""
+        if value is None:
+            return default
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            if not 0 <= value < len(choices):
+                raise InvalidArgumentError(f"{name} index {value} is out of range; the slide has {choices}",
+                                           path=self._path)
+            return choices[int(value)]
+        try:
+            return by_value(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"{name} must be an index or a value of {choices}, got {value!r}",
+                                       path=self._path) from exc
 
     def _rescaled(self, out: np.ndarray, z0: int) -> np.ndarray:
         """``out`` (d, h, w[, c]) as float32 with each slice's RescaleSlope/Intercept applied (z0 = first slice)."""

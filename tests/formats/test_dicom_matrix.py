@@ -145,6 +145,8 @@ def test_wsi_optical_paths_and_focal_planes(tmp_path, sparse):
         img.read_region((0, 0), (w, h), optical_path=2)
     with pytest.raises(InvalidArgumentError):
         img.read_region((0, 0), (w, h), focal_plane=123.0)
+    with pytest.raises(InvalidArgumentError):
+        img.read_region((0, 0), (w, h), focal_plane="top")
 
 
 def test_wsi_legacy_file_infers_tiled_full(tmp_path):
