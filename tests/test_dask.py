@@ -56,3 +56,14 @@ def test_missing_dask_is_a_typed_import_error(small_slide, monkeypatch):
     with pytest.raises(ImportError) as info:
         CuImage(small_slide[0]).to_dask()
     assert isinstance(info.value, cucim_like.OptionalDependencyError) and "dask" in str(info.value)
+
+
+def test_dask_of_a_dicom_volume_follows_its_dims_and_series(tmp_path):
+    from tests.formats import dicom_fixtures as dfx
+
+    fx = dfx.write_volume_series(tmp_path / "mixed", shape=(4, 20, 16), second_series=True)
+    img = CuImage([str(p) for p in fx.paths], series_uid=fx.series_uid)
+    arr = img.to_dask()
+    assert arr.shape == tuple(img.shape) == fx.volume.shape
+    np.testing.assert_array_equal(arr.compute(), fx.volume)
+    np.testing.assert_array_equal(arr[1:3, 5:9].compute(), fx.volume[1:3, 5:9])
