@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -30,10 +32,13 @@ class CuImage:
     """
 
     def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], *, series_uid: str | None = None,
-                 ) -> None:
+                 missing: str | None = None) -> None:
+        """``path``: a file, a DICOM series (directory or list of files) or a neuroglancer precomputed volume
+        (directory or ``file://`` URL). ``series_uid`` picks a DICOM series; ``missing`` ("fill", default, or
+        "raise") says what absent chunks of a precomputed volume do."""
         self._path_arg = os.fspath(path) if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
-        self._series_uid = series_uid
-        self._source: ImageSource = open_source(self._path_arg, series_uid=series_uid)
+        self._options = {k: v for k, v in (("series_uid", series_uid), ("missing", missing)) if v is not None}
+        self._source: ImageSource = open_source(self._path_arg, **self._options)
         self._path = self._source.path
         self._readers = self._source.readers()
         self._file_keys = [r.identity for r in self._readers]
@@ -165,6 +170,11 @@ class CuImage:
         return sorted({k[1] for k in self._source.variants})
 
     @property
+    def timepoints(self) -> int:
+        """Number of timepoints (select with ``read_region(t=...)``); 0 for images without a time axis."""
+        return len(self._source.timepoints)
+
+    @property
     def coord_sys(self) -> str:
         return "LPS"
 
@@ -241,6 +251,8 @@ class CuImage:
         optical_path: str | int | None = None,
         focal_plane: int | float | None = None,
         rescale: bool = False,
+        c: int | Sequence[int] | None = None,
+        t: int | None = None,
     ) -> np.ndarray | BatchIterator:
         """Read ``size`` (w, h) pixels at ``location`` (x, y, level-0 coordinates) of ``level``.
 
@@ -257,18 +269,26 @@ class CuImage:
         the DICOM RescaleSlope/Intercept of each slice and returns float32 (single reads only). DICOM slides
         with several optical paths or focal planes: ``optical_path`` (identifier or index) and
         ``focal_plane`` (index, or a z offset in micrometres as a float) choose one; default the first.
+
+        Channels and time (e.g. OME-TIFF / ImageJ hyperstacks): ``c`` an int gives arrays without the channel
+        axis ((d, h, w) for volumes), a sequence of ints (any order, repeats allowed) arrays (..., len(c)) of
+        those channels; default all. Channels stored apart (one tile plane each) are read alone. ``t`` picks
+        a timepoint (default 0; see :attr:`timepoints`). InvalidArgumentError for an index out of range, or
+        for ``c``/``t`` on an image without a channel axis (``dims``) or a time axis.
         """
         self._check_open()
         self._check_device(device)
-        levels = self._variant_levels(optical_path, focal_plane)
-        lvl = levels[args.check_level(level, len(levels))]
+        levels = self._timepoint_levels(self._variant_levels(optical_path, focal_plane), t)
+        chans, squeeze = self._channel_choice(c)
+        lvl, pick = self._channel_level(levels[args.check_level(level, len(levels))], chans)
         if rescale and (buf is not None or batch_size != 1):
             raise InvalidArgumentError("rescale=True works on single reads without buf")
         workers = args.check_workers(num_workers) or default_workers()
         nd = 3 if self.is_volume else 2
         fill_value = args.check_fill(self._source.default_fill if fill is None else fill, lvl.dtype)
         if location is None and size is None:
-            out = self._read(lvl, (0, 0, 0), lvl.shape[:3], buf, fill_value, workers, progress)
+            out = self._read_channels(lvl, pick, squeeze, (0, 0, 0), lvl.shape[:3], buf, fill_value, workers,
+                                      progress)
             return self._rescaled(out, 0) if rescale else out
         if location is None or size is None:
             raise InvalidArgumentError("give both location and size, or neither for the whole level")
@@ -278,14 +298,15 @@ class CuImage:
         b, prefetch = check_batch_arguments(batch_size, prefetch_factor)
         starts = self._level_starts(locations, lvl)
         if single or (len(starts) == 1 and b == 1):
-            out = self._read(lvl, tuple(starts[0].tolist()), extent, buf, fill_value, workers, progress)
+            out = self._read_channels(lvl, pick, squeeze, tuple(starts[0].tolist()), extent, buf, fill_value,
+                                      workers, progress)
             return self._rescaled(out, int(starts[0][0])) if rescale else out
         if rescale:
             raise InvalidArgumentError("rescale=True works on single reads")
         if any(e > s for e, s in zip(extent, lvl.shape[:3], strict=True)):
             raise InvalidArgumentError(f"patch size {tuple(sz)} is larger than level {lvl.index} "
                                        f"({lvl.width} x {lvl.height})", path=self._path)
-        channel = () if self._drop_channel else (lvl.shape[3],)
+        channel = () if self._drop_channel or squeeze else (lvl.shape[3] if pick is None else len(pick),)
         if buf is not None:
             want = (b, *(extent if nd == 3 else extent[1:]), *channel)
             if (not isinstance(buf, np.ndarray) or buf.shape != want or buf.dtype != lvl.dtype
@@ -296,14 +317,112 @@ class CuImage:
         def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | None, cancel) -> np.ndarray:
             plan = plan_batch(lvl.shape, lvl.tile_shape, lvl.planes, batch_starts.tolist(), extent)
             n = len(batch_starts)
-            out = out_buf[:n].reshape(plan.out_shape) if out_buf is not None else memory.empty(plan.out_shape,
-                                                                                                lvl.dtype)
+            direct = out_buf is not None and pick is None  # else read all channels, then pick
+            out = out_buf[:n].reshape(plan.out_shape) if direct else memory.empty(plan.out_shape, lvl.dtype)
             self._run(plan, lvl, out, fill_value, workers, current_cache(), progress, cancel)
             shape = (n, *extent, *channel) if nd == 3 else (n, *extent[1:], *channel)
-            return out.reshape(shape)
+            if pick is None:
+                return out.reshape(shape)
+            picked = out[..., pick].reshape(shape)
+            if out_buf is None:
+                return picked
+            out_buf[:n] = picked
+            return out_buf[:n]
 
         return BatchIterator(starts, b, bool(drop_last), prefetch, bool(shuffle), args.as_int(seed, "seed"),
                              run_batch, buf)
+
+    def _timepoint_levels(self, levels: list[Level], t: Any) -> list[Level]:
+        """The levels of timepoint ``t`` (``read_region(t=...)``); ``levels`` when t is None."""
+        if t is None:
+            return levels
+        timepoints = self._source.timepoints
+        if not timepoints:
+            raise InvalidArgumentError("t selects a timepoint, but this image has no time axis", path=self._path)
+        index = args.as_int(t, "t")
+        if not 0 <= index < len(timepoints):
+            raise InvalidArgumentError(f"timepoint {index} does not exist; the image has timepoints "
+                                       f"0..{len(timepoints) - 1}", path=self._path)
+        return timepoints[index]
+
+    def _channel_choice(self, c: Any) -> tuple[list[int] | None, bool]:
+        """Channel indices chosen by ``read_region(c=...)`` (None: all) and whether ``c`` was one integer (the
+        result then has no channel axis)."""
+        if c is None:
+            return None, False
+        if "C" not in self.dims:
+            raise InvalidArgumentError(f"c selects channels, but this image has no channel axis (dims "
+                                       f"{self.dims!r})", path=self._path)
+        if isinstance(c, (numbers.Integral, np.integer)):
+            chans, single = [args.as_int(c, "c")], True
+        else:
+            if isinstance(c, (str, bytes)):
+                raise InvalidArgumentError(f"c must be an integer or a sequence of integers, got {c!r}")
+            try:
+                values = np.asarray(c).reshape(-1).tolist() if isinstance(c, np.ndarray) else list(c)
+            except TypeError:
+                raise InvalidArgumentError(f"c must be an integer or a sequence of integers, got {c!r}") from None
+            chans, single = [args.as_int(v, "c") for v in values], False
+            if not chans:
+                raise InvalidArgumentError("c is empty")
+        count = self._level0.shape[3]
+        for ch in chans:
+            if not 0 <= ch < count:
+                raise InvalidArgumentError(f"channel {ch} does not exist; the image has channels 0..{count - 1}",
+                                           path=self._path)
+        return chans, single
+
+    def _channel_level(self, lvl: Level, chans: list[int] | None) -> tuple[Level, list[int] | None]:
+        """(level to read, pick) for channels ``chans`` of ``lvl``: a level of only the tile planes holding them
+        when channels are stored apart (planes > 1), and the positions of ``chans`` among the channels that
+        level reads (None: all of them, in order)."""
+        if chans is None:
+            return lvl, None
+        if lvl.planes == 1 or getattr(lvl, "chunk_store", None) is not None:  # read all channels, then pick
+            return lvl, None if chans == list(range(lvl.shape[3])) else chans
+        per = lvl.tile_samples
+        planes = list(dict.fromkeys(ch // per for ch in chans))
+        sub = lvl if planes == list(range(lvl.planes)) else self._plane_level(lvl, planes)
+        pos = [planes.index(ch // per) * per + ch % per for ch in chans]
+        return sub, None if pos == list(range(sub.shape[3])) else pos
+
+    def _plane_level(self, lvl: Level, planes: list[int]) -> Level:
+        """``lvl`` restricted to ``planes``, built once per (level, planes) and kept (decoder built once)."""
+        cache: dict = self.__dict__.setdefault("_plane_levels", {})
+        key = (id(lvl), tuple(planes))
+        hit = cache.get(key)
+        if hit is not None and hit[0] is lvl:
+            return hit[1]
+        if len(cache) >= 256:  # many distinct selections: start over rather than grow without bound
+            cache.clear()
+        sub = _level_of_planes(lvl, planes)
+        cache[key] = (lvl, sub)  # holding lvl keeps its id from being reused
+        return sub
+
+    def _read_channels(self, lvl: Level, pick: list[int] | None, squeeze: bool, start: tuple[int, ...],
+                       extent: tuple[int, ...], buf: np.ndarray | None, fill: float, workers: int,
+                       progress: Callable[[int], None] | None) -> np.ndarray:
+        """:meth:`_read` then the channel pick of ``read_region(c=...)``: ``pick`` positions among ``lvl``'s
+        channels (None: all, in order); ``squeeze``: no channel axis in the result (c was one integer)."""
+        if pick is None and not squeeze:
+            return self._read(lvl, start, extent, buf, fill, workers, progress)
+        nd = 3 if self.is_volume else 2
+        want = (*(extent if nd == 3 else extent[1:]), *(() if squeeze else (len(pick),)))
+        if buf is not None and (not isinstance(buf, np.ndarray) or buf.shape != want or buf.dtype != lvl.dtype
+                                or not buf.flags.writeable):
+            raise InvalidArgumentError(f"buf must be a writable NumPy array of shape {want} and dtype {lvl.dtype}, "
+                                       f"got {getattr(buf, 'shape', None)} {getattr(buf, 'dtype', '')}")
+        if pick is None:  # one channel read alone: straight into buf
+            out = self._read(lvl, start, extent, None if buf is None else buf[..., np.newaxis], fill, workers,
+                             progress)
+            return buf if buf is not None else out[..., 0]
+        out = self._read(lvl, start, extent, None, fill, workers, progress)[..., pick]
+        if squeeze:
+            out = out[..., 0]
+        if buf is None:
+            return out
+        buf[...] = out
+        return buf
 
     def _variant_levels(self, optical_path: str | int | None, focal_plane: int | float | None) -> list[Level]:
         """The levels of the chosen optical path and focal plane (DICOM); the default levels otherwise."""
@@ -396,6 +515,13 @@ class CuImage:
         """Level-0 (x, y[, z]) locations -> (z, y, x) starts in ``lvl``'s pixels, int64 (N, 3)."""
         starts = np.zeros((len(locations), 3), np.int64)
         xy = locations[:, :2]
+        if lvl.scale is not None:  # per-axis factors (z, y, x): anisotropic volume pyramids
+            factors = np.array(lvl.scale[::-1][: locations.shape[1]], np.float64)
+            scaled = np.floor(locations / factors).astype(np.int64)
+            starts[:, 2], starts[:, 1] = scaled[:, 0], scaled[:, 1]
+            if locations.shape[1] == 3:
+                starts[:, 0] = scaled[:, 2]
+            return starts
         if lvl.downsample != 1:
             xy = np.floor(xy / lvl.downsample).astype(np.int64)
         starts[:, 2], starts[:, 1] = xy[:, 0], xy[:, 1]
@@ -474,7 +600,7 @@ class CuImage:
         self.close()
 
     def __reduce__(self):
-        return (_reopen, (self._path_arg, self._series_uid))
+        return (_reopen, (self._path_arg, self._options))
 
     def __repr__(self) -> str:
         state = "closed " if self._closed else ""
@@ -482,5 +608,24 @@ class CuImage:
                 f"shape={self.shape} dtype={self.dtype} levels={len(self._source.levels)}>")
 
 
-def _reopen(path: Any, series_uid: str | None) -> CuImage:
-    return CuImage(path, series_uid=series_uid)
+def _level_of_planes(level: Level, planes: list[int]) -> Level:
+    """``level`` restricted to tile planes ``planes`` (in that order): tile tables sliced on the plane axis, the
+    same index, and a variant of its own (negative, fixed by the level's variant and the planes, so the same
+    selection keys the same cached tiles in every process and no other selection does)."""
+    idx = np.asarray(planes, np.intp)
+
+    def take(table: np.ndarray | None) -> np.ndarray | None:
+        return None if table is None else np.ascontiguousarray(np.asarray(table).reshape(level.grid)[idx])
+
+    variant = -1 - int.from_bytes(repr((level.variant, tuple(planes))).encode(), "little")
+    if level.table_loader is None:
+        tables: dict[str, Any] = {"offsets": take(level.offsets), "bytecounts": take(level.bytecounts),
+                                  "file_ids": take(level.file_ids)}
+    else:
+        tables = {"table_loader": lambda: tuple(take(a) for a in level.tile_table())}
+    return dataclasses.replace(level, shape=(*level.shape[:3], level.tile_samples * len(planes)),
+                               planes=len(planes), variant=variant, _decoder=[], _table=[], **tables)
+
+
+def _reopen(path: Any, options: dict[str, Any]) -> CuImage:
+    return CuImage(path, **options)

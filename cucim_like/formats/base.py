@@ -25,6 +25,7 @@ class CodecSpec:
     multi-byte samples inside uncompressed data ("<" or ">"). ``framing`` "dicom-items" says a tile's bytes
     are DICOM encapsulated fragments (item headers included) to be joined before decoding; ``planar`` says
     a multi-sample native tile stores its samples plane after plane (DICOM PlanarConfiguration 1).
+    ``block_shape`` is the (x, y, z) block of neuroglancer compressed_segmentation.
     """
 
     name: str
@@ -34,6 +35,7 @@ class CodecSpec:
     byteorder: str = "<"
     framing: str | None = None
     planar: bool = False
+    block_shape: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +66,9 @@ class Level:
     table_loader: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = field(
         default=None, repr=False)
     variant: int = 0
+    chunk_store: Any = field(default=None, repr=False)
+    clipped: bool = False
+    scale: tuple[float, float, float] | None = None
     _decoder: list = field(default_factory=list, repr=False)  # lazily resolved decoder, one slot
     _table: list = field(default_factory=list, repr=False)  # lazily loaded tile table, one slot
 
@@ -83,6 +88,16 @@ class Level:
         z, y, x, _ = self.shape
         tz, ty, tx = self.tile_shape
         return (self.planes, -(-z // tz), -(-y // ty), -(-x // tx))
+
+    def tile_extent(self, tile: int) -> tuple[int, int, int, int]:
+        """Decoded shape (tz, ty, tx, samples) of tile ``tile`` (flat index): edge tiles of ``clipped`` levels
+        are cut to the level's bounds, every other tile has :attr:`decoded_tile_shape`."""
+        if not self.clipped:
+            return self.decoded_tile_shape
+        _, gz, gy, gx = (int(i) for i in np.unravel_index(tile, self.grid))
+        z, y, x, _ = self.shape
+        tz, ty, tx = self.tile_shape
+        return (min(tz, z - gz * tz), min(ty, y - gy * ty), min(tx, x - gx * tx), self.tile_samples)
 
     @property
     def tile_samples(self) -> int:
@@ -164,6 +179,8 @@ class ImageSource:
         self.icc_profile: bytes | None = None
         #: other pixel sets of the same image (DICOM optical paths x focal planes): key -> levels
         self.variants: dict[tuple[str, float], list[Level]] = {}
+        #: levels of each timepoint (OME-TIFF / ImageJ T axis); ``levels`` is timepoint 0; [] without a T axis
+        self.timepoints: list[list[Level]] = []
 
     def readers(self) -> list:
         """One reader per entry of ``files`` (:class:`~cucim_like.fileio.FileReader` unless a format keeps

@@ -5,12 +5,14 @@ OME-TIFF, BigTIFF, striped images (strips are tiles). Describes tiles only; neve
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..codecs import available_codecs
 from ..errors import CorruptFileError, UnsupportedFormatError
 from . import tiff_metadata as tm
+from . import tiff_volume
 from .base import AssociatedImage, CodecSpec, ImageSource, Level
 
 # TIFF Compression tag -> codec registry name
@@ -39,7 +41,7 @@ _MAX_TILE_BYTES = 1 << 28
 _SPLIT_BYTES = 4 << 20
 
 
-def _codec_for(page, byteorder: str) -> CodecSpec:
+def codec_for(page, byteorder: str) -> CodecSpec:
     compression = int(page.compression)
     photometric = int(page.photometric)
     name = _COMPRESSION.get(compression, f"tiff-compression-{compression}")
@@ -71,16 +73,22 @@ def _positions(values) -> np.ndarray:
     return out
 
 
+def _virtual_rows(rows: int, row_bytes: int) -> int:
+    """Rows of a virtual strip: the largest divisor of ``rows`` whose strip stays within _SPLIT_BYTES."""
+    limit = max(1, _SPLIT_BYTES // row_bytes)
+    vrows = 1
+    for i in range(1, math.isqrt(rows) + 1):
+        if rows % i == 0:
+            vrows = max(vrows, *(d for d in (i, rows // i) if d <= limit))
+    return vrows
+
+
 def _split_raw_strips(tile, stored_grid, offsets, counts, stored_h, row_bytes):
     """Uncompressed strips cut into smaller virtual strips (their rows are plain bytes), so a big single-strip
     image reads in parallel with a bounded scratch. Virtual strips never cross a stored strip; a stored strip
     shorter than its rows (truncated) gives virtual strips of the bytes it has (-1 when none: refused on read)."""
     rows = tile[1]
-    limit = max(1, _SPLIT_BYTES // row_bytes)
-    vrows = 1
-    for i in range(1, math.isqrt(rows) + 1):  # the largest divisor of rows within the limit
-        if rows % i == 0:
-            vrows = max(vrows, *(d for d in (i, rows // i) if d <= limit))
+    vrows = _virtual_rows(rows, row_bytes)
     planes, gz, gy, gx = stored_grid
     vgy = -(-stored_h // vrows)
     j = np.arange(vgy, dtype=np.int64)
@@ -96,8 +104,52 @@ def _split_raw_strips(tile, stored_grid, offsets, counts, stored_h, row_bytes):
     return (1, vrows, tile[2]), (planes, 1, vgy, 1), new_off.reshape(-1), new_cnt.reshape(-1)
 
 
-def level_from_page(page, index: int, byteorder: str, downsample: float, path: str) -> Level:
-    """A Level describing one TIFF page (IFD): its tiles, or its strips as full-width tiles."""
+@dataclass(frozen=True)
+class PageLayout:
+    """The tile geometry of one TIFF page (IFD), shared by every page of a series (a keyframe's layout).
+
+    shape: (depth, height, width, samples); tile: (tz, ty, tx) as read (after any virtual strip split);
+    planes: 1 (contiguous samples) or samples (planar separate); grid: (planes, gz, gy, gx) of the readable
+    image. ``table`` turns one page's StripOffsets/TileOffsets and byte counts into that grid.
+    """
+
+    index: int
+    shape: tuple[int, int, int, int]
+    tile: tuple[int, int, int]
+    planes: int
+    dtype: np.dtype
+    grid: tuple[int, int, int, int]
+    stored_tile: tuple[int, int, int]
+    stored_grid: tuple[int, int, int, int]
+    stored_h: int
+    row_bytes: int
+    split: bool
+
+    @property
+    def tiles_per_page(self) -> int:
+        """Offsets one page must hold (the stored grid as written)."""
+        return math.prod(self.stored_grid)
+
+    def table(self, dataoffsets, databytecounts, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, bytecounts) int64 arrays of shape ``grid`` from one page's offset and byte count tags."""
+        offsets = _positions(dataoffsets)
+        counts = _positions(databytecounts)
+        if offsets.size != self.tiles_per_page or counts.size != offsets.size:
+            raise CorruptFileError(
+                f"{offsets.size} tile offsets and {counts.size} byte counts for a grid of {self.stored_grid}",
+                path=path, level=self.index,
+            )
+        stored_grid = self.stored_grid
+        if self.split:
+            _, stored_grid, offsets, counts = _split_raw_strips(self.stored_tile, stored_grid, offsets, counts,
+                                                                self.stored_h, self.row_bytes)
+        crop = tuple(slice(0, g) for g in self.grid)
+        return (np.ascontiguousarray(offsets.reshape(stored_grid)[crop]),
+                np.ascontiguousarray(counts.reshape(stored_grid)[crop]))
+
+
+def page_layout(page, index: int, path: str) -> PageLayout:
+    """Validate one page's geometry tags and describe its tile grid (see :class:`PageLayout`)."""
     height, width = int(page.imagelength), int(page.imagewidth)
     depth = int(page.imagedepth or 1)
     samples = int(page.samplesperpixel)
@@ -134,18 +186,14 @@ def level_from_page(page, index: int, byteorder: str, downsample: float, path: s
     stored_grid = (planes, -(-depth // tile[0]), -(-stored_h // tile[1]), -(-stored_w // tile[2]))
     if math.prod(stored_grid) > _MAX_TILES:
         raise CorruptFileError(f"header declares {math.prod(stored_grid)} tiles", path=path, level=index)
-    offsets = _positions(page.dataoffsets)
-    counts = _positions(page.databytecounts)
-    if offsets.size != math.prod(stored_grid) or counts.size != offsets.size:
-        raise CorruptFileError(
-            f"{offsets.size} tile offsets and {counts.size} byte counts for a grid of {stored_grid}",
-            path=path, level=index,
-        )
-    row_bytes = stored_w * (samples // planes) * np.dtype(page.dtype).itemsize
-    if not page.is_tiled and compression == 1 and int(page.predictor) == 1 and tile[1] * row_bytes > _SPLIT_BYTES:
-        tile, stored_grid, offsets, counts = _split_raw_strips(tile, stored_grid, offsets, counts, stored_h,
-                                                               row_bytes)
-    tile_bytes = math.prod(tile) * (samples // planes) * np.dtype(page.dtype).itemsize
+    itemsize = np.dtype(page.dtype).itemsize
+    row_bytes = stored_w * (samples // planes) * itemsize
+    stored_tile = tile
+    split = (not page.is_tiled and compression == 1 and int(page.predictor) == 1
+             and tile[1] * row_bytes > _SPLIT_BYTES)
+    if split:
+        tile = (1, _virtual_rows(tile[1], row_bytes), tile[2])
+    tile_bytes = math.prod(tile) * (samples // planes) * itemsize
     if tile_bytes > _MAX_TILE_BYTES:
         raise CorruptFileError(
             f"tile shape {tile} x {samples // planes} samples decodes to {tile_bytes} bytes, more than the "
@@ -153,25 +201,32 @@ def level_from_page(page, index: int, byteorder: str, downsample: float, path: s
             path=path, level=index,
         )
     grid = (planes, -(-depth // tile[0]), -(-height // tile[1]), -(-width // tile[2]))
-    crop = tuple(slice(0, g) for g in grid)
-    offsets = np.ascontiguousarray(offsets.reshape(stored_grid)[crop])
-    counts = np.ascontiguousarray(counts.reshape(stored_grid)[crop])
+    return PageLayout(index=index, shape=(depth, height, width, samples), tile=tile, planes=planes,
+                      dtype=np.dtype(page.dtype).newbyteorder("="), grid=grid, stored_tile=stored_tile,
+                      stored_grid=stored_grid, stored_h=stored_h, row_bytes=row_bytes, split=split)
+
+
+def level_from_page(page, index: int, byteorder: str, downsample: float, path: str) -> Level:
+    """A Level describing one TIFF page (IFD): its tiles, or its strips as full-width tiles."""
+    layout = page_layout(page, index, path)
+    offsets, counts = layout.table(page.dataoffsets, page.databytecounts, path)
     return Level(
         index=index,
-        shape=(depth, height, width, samples),
-        tile_shape=tile,
-        dtype=np.dtype(page.dtype).newbyteorder("="),
+        shape=layout.shape,
+        tile_shape=layout.tile,
+        dtype=layout.dtype,
         downsample=downsample,
-        codec=_codec_for(page, byteorder),
+        codec=codec_for(page, byteorder),
         offsets=offsets,
         bytecounts=counts,
-        planes=planes,
+        planes=layout.planes,
     )
 
 
 class TiffSource(ImageSource):
     """A TIFF file: levels from the first series' pyramid (SVS, Philips, OME SubIFDs) or from top-level
-    pages/SubIFDs of decreasing size (generic pyramids); label/macro/thumbnail as associated images."""
+    pages/SubIFDs of decreasing size (generic pyramids); label/macro/thumbnail as associated images.
+    OME-TIFF and ImageJ hyperstacks with T, C or Z pages open as volumes (:mod:`.tiff_volume`)."""
 
     format_name = "tiff"
 
@@ -204,6 +259,10 @@ class TiffSource(ImageSource):
             self.vendor = "philips"
         elif tf.is_ome:
             self.vendor = "ome"
+        stack = tiff_volume.hyperstack_axes(tf)
+        if stack is not None:  # OME-TIFF / ImageJ with T, C or Z pages: a volume (see tiff_volume)
+            tiff_volume.open_volume(self, tf, *stack)
+            return
         pages, associated = self._level_pages(tf)
         if not pages:
             raise UnsupportedFormatError("the TIFF has no image this reader can use", path=self.path)

@@ -115,3 +115,41 @@ def tiff_section(page) -> dict[str, Any]:
         "x_resolution": ratio(page.tags.valueof(282)),
         "y_resolution": ratio(page.tags.valueof(283)),
     }
+
+
+# ImageJ "unit" values -> micrometres per unit
+_IMAGEJ_UNITS = {
+    "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+    "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6,
+    "meter": 1e6, "inch": 25400.0,
+}
+
+
+def imagej_section(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The scalar entries of tifffile's ``imagej_metadata`` (LUTs, ranges and other arrays left out)."""
+    return {str(k): v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))}
+
+
+def imagej_spacing(meta: dict[str, Any] | None, page) -> tuple[float | None, float | None, float | None]:
+    """(z, y, x) micrometres per voxel of an ImageJ hyperstack: ``spacing`` (z) and X/YResolution (pixels per
+    ``unit``; per inch or centimetre when ResolutionUnit says so); None for what is unknown or not physical."""
+    meta = meta or {}
+    scale = _IMAGEJ_UNITS.get(str(meta.get("unit", "")).strip().lower())
+    z = None
+    try:
+        spacing = float(meta["spacing"])
+        if scale is not None and spacing > 0:
+            z = spacing * scale
+    except (KeyError, TypeError, ValueError):
+        pass
+    yx = um_from_resolution(page)
+    if yx is None and scale is not None:
+        xres, yres = page.tags.valueof(282), page.tags.valueof(283)
+        try:
+            x = xres[0] / xres[1] if isinstance(xres, tuple) else float(xres)
+            y = yres[0] / yres[1] if isinstance(yres, tuple) else float(yres)
+            if x > 0 and y > 0:
+                yx = (scale / y, scale / x)
+        except (ZeroDivisionError, TypeError, IndexError, ValueError):
+            yx = None
+    return (z, *(yx if yx is not None else (None, None)))
