@@ -19,12 +19,12 @@ _open_lock = threading.Lock()
 
 class LevelChunkReader:
     """Reads one block of a level by its array location; picklable (carries what opened the image: a path,
-    a directory or a list of files, and the series; re-opens once per process)."""
+    a directory or a list of files, and the open options; re-opens once per process)."""
 
-    def __init__(self, source: str | list[str], series_uid: str | None, level: int, volume: bool,
+    def __init__(self, source: str | list[str], options: dict[str, Any], level: int, volume: bool,
                  channels: bool) -> None:
         self.source = source
-        self.series_uid = series_uid
+        self.options = dict(options)
         self.level = level
         self.volume = volume
         self.channels = channels
@@ -32,13 +32,13 @@ class LevelChunkReader:
     def _image(self) -> CuImage:
         from .cuimage import CuImage
 
-        key = (repr(self.source), self.series_uid, os.getpid())
+        key = (repr(self.source), repr(sorted(self.options.items())), os.getpid())
         img = _open.get(key)
         if img is None:
             with _open_lock:
                 img = _open.get(key)
                 if img is None:
-                    img = _open[key] = CuImage(self.source, series_uid=self.series_uid)
+                    img = _open[key] = CuImage(self.source, **self.options)
         return img
 
     def __call__(self, block_info: dict | None = None) -> np.ndarray:
@@ -72,7 +72,7 @@ def level_to_dask(img: CuImage, level: int = 0, chunks: Any = None):
         k = max(1, int((4 * 2**20 / per_tile) ** 0.5))
         chunks = (tz, ty * k, tx * k, *tail) if volume else (ty * k, tx * k, *tail)
     chunks = da.core.normalize_chunks(chunks, shape, dtype=lvl.dtype)
-    reader = LevelChunkReader(img._path_arg, img._series_uid, level, volume, channels)
+    reader = LevelChunkReader(img._path_arg, img._options, level, volume, channels)
     token = abs(hash((img.path, img.file_identity, level, chunks)))
     return da.map_blocks(reader, chunks=chunks, dtype=lvl.dtype, meta=np.empty((0,) * len(shape), lvl.dtype),
                          name=f"cucim_like-{os.path.basename(img.path)}-L{level}-{token}")

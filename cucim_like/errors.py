@@ -17,6 +17,7 @@ __all__ = [
     "ImageFileNotFoundError",
     "InvalidArgumentError",
     "LevelError",
+    "MissingChunkError",
     "OptionalDependencyError",
     "UnknownAssociatedImageError",
     "UnsupportedFormatError",
@@ -79,6 +80,10 @@ class CorruptFileError(CucimLikeError, OSError):
 
 class DecodeError(CucimLikeError, ValueError):
     """A tile's compressed bytes could not be decoded into the expected shape and dtype."""
+
+
+class MissingChunkError(CorruptFileError, LookupError):
+    """A chunk of a chunked volume is absent and the image was opened with ``missing="raise"``."""
 
 
 class CodecUnavailableError(CucimLikeError, RuntimeError):

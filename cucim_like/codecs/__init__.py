@@ -32,6 +32,11 @@ _REGISTRY: dict[str, str] = {
     "jpegls": "cucim_like.codecs.dicom:JpegLsDecoder",
     "ljpeg": "cucim_like.codecs.dicom:LosslessJpegDecoder",
     "dicomrle": "cucim_like.codecs.dicom:DicomRleDecoder",
+    "precomputed-raw": "cucim_like.codecs.precomputed:PrecomputedRawDecoder",
+    "precomputed-jpeg": "cucim_like.codecs.precomputed:PrecomputedJpegDecoder",
+    "compressed_segmentation": "cucim_like.codecs.precomputed:CompressedSegmentationDecoder",
+    "fpzip": "cucim_like.codecs.fpzip:FpzipDecoder",
+    "kempressed": "cucim_like.codecs.fpzip:KempressedDecoder",
 }
 _lock = threading.Lock()
 
@@ -40,7 +45,11 @@ class Decoder(ABC):
     """Decodes one tile's compressed bytes into a caller's array.
 
     ``tile_shape`` is (tz, ty, tx, samples) and ``dtype`` the native dtype of decoded samples (CPU memory).
+    ``strided_out``: ``decode`` also accepts a strided ``out`` (a box of the caller's output), so whole tiles
+    are decoded straight into place.
     """
+
+    strided_out = False
 
     def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
         self.spec = spec

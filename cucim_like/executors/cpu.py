@@ -67,13 +67,17 @@ class _Read:
             self.decoder: Decoder = get_decoder(level)
         except CucimLikeError as exc:
             raise type(exc)(exc.message, path=path, level=level.index) from exc
-        try:
-            offsets, lengths, file_ids = level.tile_table()
-        except CucimLikeError as exc:
-            raise type(exc)(exc.message, path=exc.path or path, level=level.index, tile=exc.tile) from exc
-        self.offsets = offsets.reshape(-1)
-        self.lengths = lengths.reshape(-1)
-        self.file_ids = file_ids.reshape(-1) if file_ids is not None else None
+        self.store = level.chunk_store
+        if self.store is None:
+            try:
+                offsets, lengths, file_ids = level.tile_table()
+            except CucimLikeError as exc:
+                raise type(exc)(exc.message, path=exc.path or path, level=level.index, tile=exc.tile) from exc
+            self.offsets = offsets.reshape(-1)
+            self.lengths = lengths.reshape(-1)
+            self.file_ids = file_ids.reshape(-1) if file_ids is not None else None
+        else:
+            self.file_ids = None
         # decoders that hand back views of the stored bytes (native DICOM frames) read from a memory map
         self.zero_copy = bool(getattr(self.decoder, "zero_copy", False))
         if self.zero_copy:
@@ -101,26 +105,28 @@ class _Read:
                 )
             out[dz0:dz1, dy0:dy1, dx0:dx1, dc0:dc1] = tile_arr[sz0:sz1, sy0:sy1, sx0:sx1, sc0:sc1]
 
-    def direct_target(self, jobs: list[TileJob]) -> np.ndarray | None:
-        """The output view a tile can be decoded straight into: when its one job copies the whole tile to a
-        C-contiguous part of the output (a frame of a volume, full-width strips). None otherwise."""
+    def direct_target(self, jobs: list[TileJob], shape: tuple[int, ...]) -> np.ndarray | None:
+        """The output view a tile of decoded ``shape`` can be decoded straight into: when its one job copies
+        the whole tile to a C-contiguous part of the output (a frame of a volume, full-width strips, a whole
+        chunk). None otherwise."""
         if len(jobs) != 1 or self.zero_copy:
             return None
         _, src, dst = jobs[0]
-        if any(a != 0 or b != n for (a, b), n in zip(src, self.level.decoded_tile_shape, strict=True)):
+        if any(a != 0 or b != n for (a, b), n in zip(src, shape, strict=True)):
             return None
         view = self.out[box_slices(dst)]
-        return view if view.flags.c_contiguous else None
+        return view if view.flags.c_contiguous or getattr(self.decoder, "strided_out", False) else None
 
     def decode_place(self, tile: int, data: bytes | memoryview, jobs: list[TileJob]) -> None:
         level = self.level
-        direct = self.direct_target(jobs)
+        shape = level.tile_extent(tile)
+        direct = self.direct_target(jobs, shape)
         if direct is not None:
             buf = direct
         elif self.insert:
-            buf = np.empty(level.decoded_tile_shape, level.dtype)
+            buf = np.empty(shape, level.dtype)
         else:
-            buf = _scratch.get(level.decoded_tile_shape, level.dtype)
+            buf = _scratch.get(shape, level.dtype)
         try:
             arr = self.decoder.decode(data, buf)
         except CucimLikeError as exc:
@@ -204,6 +210,8 @@ def execute(
     tiles = list(jobs_by_tile)
     insert = cache is not None and len(tiles) * level.decoded_tile_nbytes <= cache.memory_capacity // 2
     state = _Read(path, readers, level, out, cache, file_keys, insert)
+    if state.store is not None:
+        return _execute_chunks(state, jobs_by_tile, tiles, fill, workers, progress, cancel)
 
     todo: list[int] = []
     for tile in tiles:
@@ -244,6 +252,39 @@ def execute(
         parallel_for(items, decode_one, workers, progress, cancel)
     else:
         parallel_for(ranges, lambda rng: state.run_range(rng, jobs_by_tile), workers, progress, cancel)
+    return out
+
+
+def _execute_chunks(state: _Read, jobs_by_tile: dict[int, list[TileJob]], tiles: list[int], fill: float,
+                    workers: int, progress: Progress | None, cancel: threading.Event | None) -> np.ndarray:
+    """Tiles kept under keys (chunk files, shards): each work item fetches one chunk from the level's store,
+    decodes and places it. A chunk the store does not have is ``fill`` (the store raises instead when the
+    user asked for ``missing="raise"``)."""
+    out, level = state.out, state.level
+    todo: list[int] = []
+    for tile in tiles:
+        hit = state.cache.get(state.cache_key(tile)) if state.cache is not None else None
+        if hit is not None:
+            state.place(hit, jobs_by_tile[tile], tile)
+        else:
+            todo.append(tile)
+    if progress is not None and len(todo) < len(tiles):
+        progress(len(tiles) - len(todo))
+
+    def fetch_decode(tile: int) -> int:
+        try:
+            data = state.store.get(tile)
+        except CucimLikeError as exc:
+            raise type(exc)(exc.message, path=exc.path or state.path, level=level.index,
+                            tile=tile_coords(level, tile)) from exc
+        if data is None:
+            for job in jobs_by_tile[tile]:
+                out[box_slices(job.dst)] = fill
+        else:
+            state.decode_place(tile, data, jobs_by_tile[tile])
+        return 1
+
+    parallel_for(todo, fetch_decode, max(1, min(workers, len(todo))), progress, cancel)
     return out
 
 

@@ -15,13 +15,22 @@ from .base import ImageSource
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 _DICOM = "cucim_like.formats.dicom:open_dicom"
+_PRECOMPUTED = "cucim_like.formats.precomputed:open_precomputed"
+
+
+def _looks_like_precomputed_info(head: bytes) -> bool:
+    from .precomputed.info import looks_like_info  # a small module: JSON probe only
+
+    return looks_like_info(head)
+
 _FORMATS: list[tuple[str, object, str]] = [
     # DICOM first: a DICOM preamble may itself be a TIFF header (dual-personality files)
     ("dicom", lambda head: head[128:132] == b"DICM", _DICOM),
     ("tiff", lambda head: head[:4] in TIFF_MAGICS, "cucim_like.formats.tiff:TiffSource"),
+    ("precomputed", _looks_like_precomputed_info, _PRECOMPUTED),  # the info file itself
 ]
 # options a format's opener takes besides the path
-_OPTIONS = {"dicom": {"series_uid"}}
+_OPTIONS = {"dicom": {"series_uid"}, "precomputed": {"missing"}}
 
 
 def register_format(name: str, probe, target: str) -> None:
@@ -43,9 +52,10 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
 def open_source(path: str | os.PathLike | Sequence[str | os.PathLike], **options: Any) -> ImageSource:
     """Open ``path`` with the format its content matches.
 
-    ``path`` is a file; or a directory or a list of files of one DICOM series. ``options`` (e.g.
-    ``series_uid``) go to the format that opens it; None values are dropped. Raises ImageFileNotFoundError
-    when it does not exist, UnsupportedFormatError when no format matches.
+    ``path`` is a file; a neuroglancer precomputed directory (one with an ``info`` file) or its ``file://``
+    URL; or a directory or a list of files of one DICOM series. ``options`` (``series_uid`` for DICOM,
+    ``missing`` for precomputed) go to the format that opens it; None values are dropped. Raises
+    ImageFileNotFoundError when it does not exist, UnsupportedFormatError when no format matches.
     """
     options = {k: v for k, v in options.items() if v is not None}
     if not isinstance(path, (str, os.PathLike)):
@@ -55,8 +65,17 @@ def open_source(path: str | os.PathLike | Sequence[str | os.PathLike], **options
         _check_options("dicom", options)
         return _load(_DICOM)(files, **options)
     path = os.fspath(path)
+    if path.startswith("file://"):
+        from .precomputed import local_path
+
+        path = local_path(path)
     st = _stat(path)
     if stat.S_ISDIR(st.st_mode):
+        from .precomputed import is_precomputed_dir
+
+        if is_precomputed_dir(path):
+            _check_options("precomputed", options)
+            return _load(_PRECOMPUTED)(path, **options)
         _check_options("dicom", options)
         return _load(_DICOM)(path, **options)
     head = _head(path, st)
