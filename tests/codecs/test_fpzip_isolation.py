@@ -29,7 +29,7 @@ def decoder(shape_zyxc, cls=FpzipDecoder):
 
 
 def test_header_is_read_without_the_library():
-    a, b = stream((12, 10, 6, 2))
+    _, b = stream((12, 10, 6, 2))
     h = read_fpzip_header(b)
     assert (h.type, h.precision, h.nx, h.ny, h.nz, h.nf) == (0, 0, 12, 10, 6, 2)
     b64 = fpzip.compress(np.zeros((3, 4, 5, 1)), order="F")  # float64

@@ -4,6 +4,7 @@ compressed_segmentation, imagecodecs, gzip, mmh3), never on cucim_like's own cod
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import os
@@ -57,7 +58,7 @@ def encode_chunk(block: np.ndarray, encoding: str, block_size=(8, 8, 8)) -> byte
 
 # -- sharding, written from the neuroglancer spec -------------------------------------------------------------
 def morton(pos, grid):
-    bits = [int(math.ceil(math.log2(g))) if g > 1 else 0 for g in grid]
+    bits = [math.ceil(math.log2(g)) if g > 1 else 0 for g in grid]
     out, j = 0, 0
     for i in range(max(bits) if bits else 0):
         for d in range(3):
@@ -101,7 +102,7 @@ def write_shards(directory: Path, chunks: dict[int, bytes], spec: dict) -> None:
                 body += data
             mini_indexes[mini] = (ids, starts, sizes)
         for mini, (ids, starts, sizes) in mini_indexes.items():
-            ids_d = [ids[0]] + [b - a for a, b in zip(ids, ids[1:], strict=False)]
+            ids_d = [ids[0]] + [b - a for a, b in itertools.pairwise(ids)]
             offs = [starts[0]] + [starts[i] - (starts[i - 1] + sizes[i - 1]) for i in range(1, len(ids))]
             raw = np.array([ids_d, offs, sizes], dtype="<u8").tobytes()
             if spec["minishard_index_encoding"] == "gzip":

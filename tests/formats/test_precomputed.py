@@ -49,7 +49,7 @@ def expected(vol: np.ndarray, encoding: str, chunk) -> np.ndarray:
     from .precomputed_fixtures import encode_chunk
 
     out = np.empty_like(vol)
-    z, y, x, c = vol.shape
+    z, y, x, _ = vol.shape
     for _, (x0, x1), (y0, y1), (z0, z1) in chunk_boxes((x, y, z), chunk):
         block = vol[z0:z1, y0:y1, x0:x1]
         img = imagecodecs.jpeg8_decode(encode_chunk(block, "jpeg"))
