@@ -34,6 +34,8 @@ if str(HERE) not in sys.path:
 import harness  # noqa: E402
 from harness import DATA, Contender, fmt_time, median, round_robin  # noqa: E402
 
+from cucim_like.codecs import Decoder, register_codec  # noqa: E402  (harness puts this tree on sys.path)
+
 ROOT = DATA / "precomputed"
 SECTIONS = ("whole", "random", "chunk")
 
@@ -152,31 +154,15 @@ def unsafe_fpzip(data: bytes, out_cxyz: np.ndarray) -> None:
     _LIB.fpzip_read_close(fpz)
 
 
-def install_unsafe_decoder() -> None:
-    """Register codec "fpzip-unsafe": cucim_like's pipeline with the in-process, unchecked fpzip call."""
-    from cucim_like.codecs import register_codec
+class UnsafeFpzipDecoder(Decoder):
+    """cucim_like's pipeline with the in-process, unchecked fpzip call (registered as "fpzip-unsafe")."""
 
-    register_codec("fpzip-unsafe", f"{__name__}:UnsafeFpzipDecoder")
-
-
-def _unsafe_class():
-    from cucim_like.codecs import Decoder
-
-    class UnsafeFpzipDecoder(Decoder):
-        def decode(self, data, out):
-            tz, ty, tx, c = out.shape
-            values = np.empty((c, tz, ty, tx), np.float32)
-            unsafe_fpzip(data, values)
-            out[...] = values.transpose(1, 2, 3, 0)
-            return out
-
-    return UnsafeFpzipDecoder
-
-
-def __getattr__(name):  # the decoder class is built on first use (cucim_like imported lazily)
-    if name == "UnsafeFpzipDecoder":
-        return _unsafe_class()
-    raise AttributeError(name)
+    def decode(self, data, out):
+        tz, ty, tx, c = out.shape
+        values = np.empty((c, tz, ty, tx), np.float32)
+        unsafe_fpzip(data, values)
+        out[...] = values.transpose(1, 2, 3, 0)
+        return out
 
 
 WORKERS = 2
@@ -197,7 +183,7 @@ def open_image(root: Path, unsafe: bool = False):
     read = img.read_region
     img.read_region = lambda *a, **k: read(*a, **{"num_workers": WORKERS, **k})
     if unsafe:
-        install_unsafe_decoder()
+        register_codec("fpzip-unsafe", f"{__name__}:UnsafeFpzipDecoder")
         lvl = img._source.levels[0]
         img._source.levels[0] = dataclasses.replace(lvl, codec=dataclasses.replace(lvl.codec, name="fpzip-unsafe"),
                                                     _decoder=[], _table=[])

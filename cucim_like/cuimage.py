@@ -378,7 +378,7 @@ class CuImage:
         level reads (None: all of them, in order)."""
         if chans is None:
             return lvl, None
-        if lvl.planes == 1 or getattr(lvl, "chunk_store", None) is not None:  # read all channels, then pick
+        if lvl.planes == 1:  # read all channels, then pick
             return lvl, None if chans == list(range(lvl.shape[3])) else chans
         per = lvl.tile_samples
         planes = list(dict.fromkeys(ch // per for ch in chans))
@@ -513,20 +513,15 @@ class CuImage:
 
     def _level_starts(self, locations: np.ndarray, lvl: Level) -> np.ndarray:
         """Level-0 (x, y[, z]) locations -> (z, y, x) starts in ``lvl``'s pixels, int64 (N, 3)."""
+        # factors (x, y, z): per axis where the level has them (anisotropic volume pyramids), else the level's
+        # downsample in x and y and none in z
+        n = locations.shape[1]
+        factors = (lvl.scale[::-1] if lvl.scale is not None else (lvl.downsample, lvl.downsample, 1.0))[:n]
+        scaled = locations
+        if any(f != 1 for f in factors):
+            scaled = np.floor(locations / np.array(factors)).astype(np.int64)
         starts = np.zeros((len(locations), 3), np.int64)
-        xy = locations[:, :2]
-        if lvl.scale is not None:  # per-axis factors (z, y, x): anisotropic volume pyramids
-            factors = np.array(lvl.scale[::-1][: locations.shape[1]], np.float64)
-            scaled = np.floor(locations / factors).astype(np.int64)
-            starts[:, 2], starts[:, 1] = scaled[:, 0], scaled[:, 1]
-            if locations.shape[1] == 3:
-                starts[:, 0] = scaled[:, 2]
-            return starts
-        if lvl.downsample != 1:
-            xy = np.floor(xy / lvl.downsample).astype(np.int64)
-        starts[:, 2], starts[:, 1] = xy[:, 0], xy[:, 1]
-        if locations.shape[1] == 3:
-            starts[:, 0] = locations[:, 2]
+        starts[:, 3 - n :] = scaled[:, ::-1]
         return starts
 
     def _read(self, lvl: Level, start: tuple[int, ...], extent: tuple[int, ...], buf: np.ndarray | None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import sys
 from multiprocessing.connection import Connection
 
@@ -101,5 +100,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.pop("PYTHONSTARTUP", None)
     sys.exit(main(sys.argv))

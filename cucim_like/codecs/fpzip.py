@@ -22,6 +22,7 @@ from ..errors import CodecUnavailableError, DecodeError
 from ..formats.base import CodecSpec
 from . import Decoder
 from .isolation import decoder_pool
+from .precomputed import place_channel_major
 
 _MAGIC = (ord("f"), ord("p"), ord("z"), 0)
 _VERSION = (0x0110, 1)  # format version written by fpzip 1.3 (FPZ_MAJ_VERSION, FPZ_MIN_VERSION)
@@ -143,10 +144,7 @@ class FpzipDecoder(Decoder):
 
     def _place(self, values: np.ndarray, out: np.ndarray) -> None:
         """``values`` (nf, nz, ny, nx) as decoded -> ``out`` (z, y, x, c)."""
-        if out.shape[3] == 1:
-            out[..., 0] = values[0]
-        else:
-            out[...] = values.transpose(1, 2, 3, 0)
+        place_channel_major(values, out)
 
 
 class KempressedDecoder(FpzipDecoder):

@@ -328,7 +328,7 @@ class TiffSource(ImageSource):
 
     def _metadata(self, tf, page0) -> None:
         samples = self.levels[0].shape[3]
-        self.channel_names = {1: ["I"], 2: ["I", "A"], 3: ["R", "G", "B"], 4: ["R", "G", "B", "A"]}.get(
+        self.channel_names = tm.SAMPLE_NAMES.get(
             samples, [f"C{i}" for i in range(samples)]
         )
         spacing_yx = None

@@ -8,6 +8,10 @@ from xml.etree import ElementTree
 _UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # ResolutionUnit inch, centimetre -> micrometres
 
 
+#: channel names of 1-4 samples per pixel (others are named by index)
+SAMPLE_NAMES = {1: ["I"], 2: ["I", "A"], 3: ["R", "G", "B"], 4: ["R", "G", "B", "A"]}
+
+
 def parse_aperio(description: str) -> dict[str, str]:
     """Aperio ImageDescription ``header|key = value|...`` as a dict (values kept as strings, like cuCIM)."""
     parts = description.split("|")

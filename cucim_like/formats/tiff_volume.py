@@ -43,8 +43,6 @@ _MISSING_SLACK = 1024
 # Nor may a volume's tile tables hold more entries than this (8 bytes each for offsets and byte counts).
 _MAX_TABLE_ENTRIES = 1 << 28
 
-_SAMPLE_NAMES = {1: ["I"], 2: ["I", "A"], 3: ["R", "G", "B"], 4: ["R", "G", "B", "A"]}
-
 
 def hyperstack_axes(tf) -> tuple[str, tuple[int, ...]] | None:
     """(axes, sizes) of the page axes of ``tf``'s first series (the axes before Y, samples excluded) when that
@@ -217,7 +215,7 @@ def _metadata(src: TiffSource, tf, series, axes: str, tcz: tuple[int, int, int],
     elif z is not None:
         src.pixel_spacing = (z, 1.0, 1.0)
     channels = c_count * samples
-    sample_names = _SAMPLE_NAMES.get(samples, [f"S{s}" for s in range(samples)])
+    sample_names = tm.SAMPLE_NAMES.get(samples, [f"S{s}" for s in range(samples)])
     if names and len(names) == channels:
         src.channel_names = list(names)
     elif names and len(names) == c_count:

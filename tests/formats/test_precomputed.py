@@ -134,6 +134,8 @@ def test_opened_by_info_file_and_file_url_with_metadata(tmp_path):
             assert img.spacing_units()[0] == "micrometer"
             assert img.origin == pytest.approx([0.08, 0.16, 1.2])
             assert img.resolutions["level_downsamples"] == (1.0, 2.0)
+    with pytest.raises(ValueError, match="host 'elsewhere'"):
+        cucim_like.CuImage("file://elsewhere" + str(tmp_path))
 
 
 def test_anisotropic_pyramid_and_dask(tmp_path):

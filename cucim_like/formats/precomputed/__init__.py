@@ -22,12 +22,13 @@ MISSING_POLICIES = ("fill", "raise")
 
 
 def local_path(path: str) -> str:
-    """``file://`` URLs as local paths; other paths unchanged."""
-    if path.startswith("file://"):
-        parsed = urlparse(path)
-        return unquote(parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else unquote(
-            parsed.path)
-    return path
+    """``file://`` URLs as local paths (InvalidArgumentError for another host); other paths unchanged."""
+    if not path.startswith("file://"):
+        return path
+    parsed = urlparse(path)
+    if parsed.netloc not in ("", "localhost"):
+        raise InvalidArgumentError(f"file:// URLs of host {parsed.netloc!r} are not local paths", path=path)
+    return unquote(parsed.path)
 
 
 def is_precomputed_dir(path: str) -> bool:
