@@ -6,6 +6,8 @@ package are imported when first used.
 
 from ._version import __version__
 from .cache import preferred_memory_capacity
+from .cuda.cache import device_cache
+from .cuda.placement import OutputTransform
 from .cuimage import CuImage
 from .errors import (
     CodecUnavailableError,
@@ -35,9 +37,11 @@ __all__ = [
     "InvalidArgumentError",
     "LevelError",
     "OptionalDependencyError",
+    "OutputTransform",
     "UnknownAssociatedImageError",
     "UnsupportedFormatError",
     "__version__",
+    "device_cache",
     "preferred_memory_capacity",
     "tissue_locations",
 ]

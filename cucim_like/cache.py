@@ -110,7 +110,7 @@ class TileCache:
         nbytes = arr.nbytes
         if nbytes > self.memory_capacity or self._item_limit == 0:
             return
-        arr.flags.writeable = False
+        self._freeze(arr)
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
@@ -121,6 +121,11 @@ class TileCache:
             while self._bytes > self.memory_capacity or (limit is not None and len(self._items) > limit):
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
+
+
+    @staticmethod
+    def _freeze(arr: np.ndarray) -> None:
+        arr.flags.writeable = False
 
 
 class NoCache(TileCache):

@@ -16,12 +16,15 @@ from . import arguments as args
 from . import memory
 from .batch import BatchIterator, check_batch_arguments
 from .cache import TileCache, configure_cache, current_cache
-from .errors import DeviceUnavailableError, InvalidArgumentError, UnknownAssociatedImageError
+from .cuda.cache import device_cache
+from .cuda.placement import OutputTransform
+from .errors import InvalidArgumentError, UnknownAssociatedImageError
 from .executors import cpu
 from .executors.pool import default_workers
 from .formats import open_source
 from .formats.base import ImageSource, Level
 from .plan import Plan, plan_batch, plan_region
+from .read_target import ReadTarget, device_shape, make_target
 
 
 class CuImage:
@@ -253,7 +256,8 @@ class CuImage:
         rescale: bool = False,
         c: int | Sequence[int] | None = None,
         t: int | None = None,
-    ) -> np.ndarray | BatchIterator:
+        transform: OutputTransform | None = None,
+    ) -> Any:
         """Read ``size`` (w, h) pixels at ``location`` (x, y, level-0 coordinates) of ``level``.
 
         One location: a NumPy array (h, w, c) of the image's dtype (written into ``buf`` when given). With
@@ -275,20 +279,28 @@ class CuImage:
         those channels; default all. Channels stored apart (one tile plane each) are read alone. ``t`` picks
         a timepoint (default 0; see :attr:`timepoints`). InvalidArgumentError for an index out of range, or
         for ``c``/``t`` on an image without a channel axis (``dims``) or a time axis.
+
+        ``device="cuda"`` (or "cuda:N"): the same reads into ``cupy.ndarray`` on that GPU, ordered on the CuPy
+        stream current at the call; DeviceUnavailableError names what is missing when it cannot.
+        ``transform`` (:class:`~cucim_like.OutputTransform`): output dtype, layout (HWC or CHW) and
+        per-channel ``(x * scale - mean) / std``, fused into placement on the GPU, applied after it on the CPU.
         """
         self._check_open()
-        self._check_device(device)
+        target = make_target(device, transform, self._path)
+        if target is not None and buf is not None:
+            raise InvalidArgumentError("buf receives plain CPU reads; with device='cuda' or a transform, reads "
+                                       "return new arrays")
         levels = self._timepoint_levels(self._variant_levels(optical_path, focal_plane), t)
         chans, squeeze = self._channel_choice(c)
         lvl, pick = self._channel_level(levels[args.check_level(level, len(levels))], chans)
-        if rescale and (buf is not None or batch_size != 1):
-            raise InvalidArgumentError("rescale=True works on single reads without buf")
+        if rescale and (buf is not None or batch_size != 1 or target is not None):
+            raise InvalidArgumentError("rescale=True works on single CPU reads without buf or transform")
         workers = args.check_workers(num_workers) or default_workers()
         nd = 3 if self.is_volume else 2
         fill_value = args.check_fill(self._source.default_fill if fill is None else fill, lvl.dtype)
         if location is None and size is None:
             out = self._read_channels(lvl, pick, squeeze, (0, 0, 0), lvl.shape[:3], buf, fill_value, workers,
-                                      progress)
+                                      progress, target)
             return self._rescaled(out, 0) if rescale else out
         if location is None or size is None:
             raise InvalidArgumentError("give both location and size, or neither for the whole level")
@@ -299,7 +311,7 @@ class CuImage:
         starts = self._level_starts(locations, lvl)
         if single or (len(starts) == 1 and b == 1):
             out = self._read_channels(lvl, pick, squeeze, tuple(starts[0].tolist()), extent, buf, fill_value,
-                                      workers, progress)
+                                      workers, progress, target)
             return self._rescaled(out, int(starts[0][0])) if rescale else out
         if rescale:
             raise InvalidArgumentError("rescale=True works on single reads")
@@ -317,6 +329,9 @@ class CuImage:
         def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | None, cancel) -> np.ndarray:
             plan = plan_batch(lvl.shape, lvl.tile_shape, lvl.planes, batch_starts.tolist(), extent)
             n = len(batch_starts)
+            if target is not None:
+                return self._target_read(target, plan, lvl, pick, squeeze, fill_value, workers,
+                                         plan.out_shape[0] // extent[0], progress, cancel)
             direct = out_buf is not None and pick is None  # else read all channels, then pick
             out = out_buf[:n].reshape(plan.out_shape) if direct else memory.empty(plan.out_shape, lvl.dtype)
             self._run(plan, lvl, out, fill_value, workers, current_cache(), progress, cancel)
@@ -401,9 +416,12 @@ class CuImage:
 
     def _read_channels(self, lvl: Level, pick: list[int] | None, squeeze: bool, start: tuple[int, ...],
                        extent: tuple[int, ...], buf: np.ndarray | None, fill: float, workers: int,
-                       progress: Callable[[int], None] | None) -> np.ndarray:
+                       progress: Callable[[int], None] | None, target: ReadTarget | None = None) -> Any:
         """:meth:`_read` then the channel pick of ``read_region(c=...)``: ``pick`` positions among ``lvl``'s
         channels (None: all, in order); ``squeeze``: no channel axis in the result (c was one integer)."""
+        if target is not None:
+            plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
+            return self._target_read(target, plan, lvl, pick, squeeze, fill, workers, None, progress)
         if pick is None and not squeeze:
             return self._read(lvl, start, extent, buf, fill, workers, progress)
         nd = 3 if self.is_volume else 2
@@ -501,15 +519,42 @@ class CuImage:
 
         return level_to_dask(self, args.check_level(level, len(self._source.levels)), chunks)
 
-    def _check_device(self, device: str) -> None:
-        kind = str(device).lower().split(":")[0]
-        if kind == "cpu":
-            return
-        if kind == "cuda":
-            from .cuda import require_cuda
+    def _target_read(self, target: ReadTarget, plan: Plan, lvl: Level, pick: list[int] | None, squeeze: bool,
+                     fill: float, workers: int, batch: int | None,
+                     progress: Callable[[int], None] | None = None, cancel=None) -> Any:
+        """Run ``plan`` for a read with a device or a transform; returns the user's array (see
+        :func:`~cucim_like.read_target.device_shape`), channels picked by ``read_region(c=...)``."""
+        volume = self.is_volume
+        depth = plan.out_shape[0] // (batch or 1)
+        args.check_output_bytes(math.prod(plan.out_shape) * max(lvl.dtype.itemsize, 4), "this read")
+        if target.on_device:
+            from .cuda import executor as cuda_executor
 
-            require_cuda(self._path)
-        raise DeviceUnavailableError(f"unknown device {device!r}; use 'cpu' or 'cuda'", path=self._path)
+            fused = pick is None and not squeeze
+            run = target if fused else target.native()
+            resolved = run.resolve(lvl)
+            out = cuda_executor.execute(plan, lvl, path=self._path, readers=self._readers,
+                                        file_keys=self._file_keys, fill=fill, transform=resolved,
+                                        backend=target.backend, cache=device_cache(), workers=workers,
+                                        roi=batch is not None, zdiv=depth, progress=progress)
+            out = device_shape(out, resolved, batch=batch, depth=depth, volume=volume,
+                               drop_channel=self._drop_channel and fused)
+            if fused:
+                return out
+        else:
+            out = memory.empty(plan.out_shape, lvl.dtype)
+            self._run(plan, lvl, out, fill, workers, current_cache(), progress, cancel)
+            out = out.reshape((batch, depth, *out.shape[1:])) if batch is not None else out
+            if not volume:
+                out = out[:, 0] if batch is not None else out[0]
+            if self._drop_channel and pick is None:
+                out = out[..., 0]
+        if pick is not None:
+            out = out[..., pick]
+        if squeeze:
+            out = out[..., 0]
+        return target.finish(out, lvl, batch=batch is not None, has_channels=not (squeeze or (
+            self._drop_channel and pick is None)))
 
     def _level_starts(self, locations: np.ndarray, lvl: Level) -> np.ndarray:
         """Level-0 (x, y[, z]) locations -> (z, y, x) starts in ``lvl``'s pixels, int64 (N, 3)."""
@@ -561,9 +606,10 @@ class CuImage:
         return buf if nd == 3 else buf[np.newaxis]
 
     def associated_image(self, name: str, device: str = "cpu") -> np.ndarray:
-        """A label/macro/thumbnail as a NumPy array (h, w, c); UnknownAssociatedImageError for other names."""
+        """A label/macro/thumbnail as an array (h, w, c): NumPy, or CuPy with ``device="cuda"`` (decoded on
+        the CPU, then uploaded); UnknownAssociatedImageError for other names."""
         self._check_open()
-        self._check_device(device)
+        target = make_target(device, None, self._path)
         assoc = self._source.associated.get(name)
         if assoc is None:
             raise UnknownAssociatedImageError(
@@ -573,7 +619,8 @@ class CuImage:
         lvl = assoc.level
         plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, (0, 0, 0), lvl.shape[:3])
         out = self._output(plan.out_shape, lvl.dtype, None, 3)
-        return self._run(plan, lvl, out, self._source.default_fill, 1, None)[0]
+        image = self._run(plan, lvl, out, self._source.default_fill, 1, None)[0]
+        return image if target is None else target.backend.upload(image)
 
     # -- life cycle ----------------------------------------------------------------------------------------
     def _check_open(self) -> None:

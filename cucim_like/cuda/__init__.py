@@ -44,11 +44,15 @@ def missing_requirements() -> list[str]:
 
 
 def require_cuda(path: str | None = None) -> None:
-    """Raise DeviceUnavailableError naming what is missing for ``device="cuda"``."""
+    """Raise DeviceUnavailableError naming what is missing for ``device="cuda"``; return when nothing is."""
     missing = missing_requirements()
     if missing:
         raise DeviceUnavailableError('device="cuda" is unavailable; missing: ' + "; ".join(missing), path=path)
-    raise DeviceUnavailableError(
-        'device="cuda": every requirement is present, but this version of cucim_like has no CUDA executor yet',
-        path=path,
-    )
+
+
+def backend_for_device(device: str, path: str | None = None):
+    """The CUDA executor's backend for ``device`` ("cuda" or "cuda:N"), after checking its requirements."""
+    require_cuda(path)
+    from .backends import backend_for
+
+    return backend_for(device)

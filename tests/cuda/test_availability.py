@@ -40,15 +40,25 @@ def test_cuda_names_a_missing_gpu(small_slide, monkeypatch):
         CuImage(small_slide[0]).read_region(device="cuda")
 
 
-def test_cuda_with_everything_present_says_the_executor_is_missing(small_slide, monkeypatch):
+def test_cuda_with_everything_present_reaches_the_backend(small_slide, monkeypatch):
     monkeypatch.setattr(cuda_path, "_installed", lambda module: True)
     monkeypatch.setattr(cuda_path, "_gpu_problem", lambda: None)
-    with pytest.raises(cucim_like.DeviceUnavailableError, match="no CUDA executor yet"):
+    asked = []
+
+    def fake_backend(device):
+        asked.append(device)
+        raise cucim_like.DeviceUnavailableError("stop here")
+
+    monkeypatch.setattr("cucim_like.cuda.backends.backend_for", fake_backend)
+    with pytest.raises(cucim_like.DeviceUnavailableError, match="stop here"):
         CuImage(small_slide[0]).read_region((0, 0), (8, 8), device="cuda:0")
+    assert asked == ["cuda:0"]
 
 
 def test_this_machine_reports_truthfully(small_slide):
     missing = cuda_path.missing_requirements()
+    if not missing:
+        pytest.skip("this machine has everything device='cuda' needs")
     with pytest.raises(cucim_like.DeviceUnavailableError) as info:
         CuImage(small_slide[0]).read_region((0, 0), (8, 8), device="cuda")
     for item in missing:
