@@ -17,7 +17,7 @@ from . import memory
 from .batch import BatchIterator, check_batch_arguments
 from .cache import TileCache, configure_cache, current_cache
 from .cuda.cache import device_cache
-from .cuda.placement import OutputTransform
+from .cuda.placement import OutputTransform, kernel_supports
 from .errors import InvalidArgumentError, UnknownAssociatedImageError
 from .executors import cpu
 from .executors.pool import default_workers
@@ -527,12 +527,11 @@ class CuImage:
         volume = self.is_volume
         depth = plan.out_shape[0] // (batch or 1)
         args.check_output_bytes(math.prod(plan.out_shape) * max(lvl.dtype.itemsize, 4), "this read")
-        if target.on_device:
+        fused = pick is None and not squeeze
+        resolved = (target if fused else target.native()).resolve(lvl)
+        if target.on_device and kernel_supports(lvl.dtype, resolved.dtype):
             from .cuda import executor as cuda_executor
 
-            fused = pick is None and not squeeze
-            run = target if fused else target.native()
-            resolved = run.resolve(lvl)
             out = cuda_executor.execute(plan, lvl, path=self._path, readers=self._readers,
                                         file_keys=self._file_keys, fill=fill, transform=resolved,
                                         backend=target.backend, cache=device_cache(), workers=workers,
@@ -544,6 +543,8 @@ class CuImage:
         else:
             out = memory.empty(plan.out_shape, lvl.dtype)
             self._run(plan, lvl, out, fill, workers, current_cache(), progress, cancel)
+            if target.on_device:  # dtypes the placement kernel is not built for: decoded here, then uploaded
+                out = target.backend.upload(out)
             out = out.reshape((batch, depth, *out.shape[1:])) if batch is not None else out
             if not volume:
                 out = out[:, 0] if batch is not None else out[0]

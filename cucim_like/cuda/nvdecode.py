@@ -131,8 +131,8 @@ def thread_decoder(backend: str, device_id: int = 0) -> Any:
             dec = nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
         elif backend == "hw":
             dec = nv.Decoder(device_id=device_id, backends=[nv.Backend(nv.BackendKind.HW_GPU_ONLY)])
-        else:
-            dec = nv.Decoder(device_id=device_id)
+        else:  # libjpeg-turbo's fancy chroma upsampling, so GPU pixels stay close to the CPU decoders'
+            dec = nv.Decoder(device_id=device_id, options=":fancy_upsampling=1")
         _decoders.by_key[key] = dec
     return dec
 

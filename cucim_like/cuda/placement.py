@@ -35,6 +35,11 @@ KERNEL_OUT_DTYPES = ("uint8", "uint16", "int16", "float16", "float32")
 LAYOUTS = ("HWC", "CHW")
 
 
+def kernel_supports(in_dtype: np.dtype, out_dtype: np.dtype) -> bool:
+    """Whether the placement kernel is built for this pair (others: CPU read, upload, transform after)."""
+    return np.dtype(in_dtype).name in KERNEL_IN_DTYPES and np.dtype(out_dtype).name in KERNEL_OUT_DTYPES
+
+
 @dataclass(frozen=True)
 class OutputTransform:
     """A transform applied while tiles are placed: ``out = (x * scale - mean[c]) / std[c]`` cast to ``dtype``.
@@ -119,8 +124,8 @@ class ResolvedTransform:
 
 
 def cast_like_kernel(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The kernel's float-to-output conversion: integers rounded to nearest (half away from zero, as
-    ``lrintf``'s callers in place.cu use ``roundf``) and saturated; floats converted directly."""
+    """The kernel's float-to-output conversion: integers rounded half away from zero (``floor(x + 0.5)`` /
+    ``ceil(x - 0.5)`` in float32, as place.cu does), NaN to 0, saturated; floats converted directly."""
     dtype = np.dtype(dtype)
     if dtype.kind == "f" or x.dtype == dtype:
         return x.astype(dtype)
