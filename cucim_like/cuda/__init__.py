@@ -50,6 +50,32 @@ def require_cuda(path: str | None = None) -> None:
         raise DeviceUnavailableError('device="cuda" is unavailable; missing: ' + "; ".join(missing), path=path)
 
 
+# user settings of the CUDA path (see configure)
+OPTIONS: dict[str, object] = {"io_threads": None, "wave_tiles": 512, "decoder": "gpu"}
+
+
+def configure(*, io_threads: int | None = None, wave_tiles: int | None = None, decoder: str | None = None) -> dict:
+    """Set how ``device="cuda"`` reads: ``io_threads`` kvikio's read threads (default: one per CPU, at most
+    16); ``wave_tiles`` the tiles decoded per batch (bounds device memory; default 512); ``decoder`` "gpu"
+    (nvImageCodec chooses: the hardware JPEG engine where there is one, else hybrid/CUDA) or "hw" (hardware
+    engine only). Returns the settings now in force."""
+    from ..errors import InvalidArgumentError
+
+    if io_threads is not None:
+        if int(io_threads) < 1:
+            raise InvalidArgumentError("io_threads must be at least 1")
+        OPTIONS["io_threads"] = int(io_threads)
+    if wave_tiles is not None:
+        if int(wave_tiles) < 1:
+            raise InvalidArgumentError("wave_tiles must be at least 1")
+        OPTIONS["wave_tiles"] = int(wave_tiles)
+    if decoder is not None:
+        if decoder not in ("gpu", "hw"):
+            raise InvalidArgumentError(f"decoder must be 'gpu' or 'hw', got {decoder!r}")
+        OPTIONS["decoder"] = decoder
+    return dict(OPTIONS)
+
+
 def backend_for_device(device: str, path: str | None = None):
     """The CUDA executor's backend for ``device`` ("cuda" or "cuda:N"), after checking its requirements."""
     require_cuda(path)

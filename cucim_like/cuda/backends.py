@@ -120,4 +120,7 @@ def backend_for(device: str) -> HostBackend | CudaBackend:
         return _host
     if kind != "cuda":
         raise DeviceUnavailableError(f"no CUDA backend for device {device!r}")
-    return CudaBackend(int(index) if index else None)
+    from . import OPTIONS
+
+    return CudaBackend(int(index) if index else None, decoder=str(OPTIONS["decoder"]),
+                       io_threads=OPTIONS["io_threads"])  # type: ignore[arg-type]

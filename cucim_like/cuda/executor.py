@@ -15,8 +15,10 @@ With ``roi=True`` (patch batches), a tile used by a single job is decoded only o
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,6 @@ from ..plan import Plan, TileJob, coalesce_ranges
 from .nvdecode import PreparedStream, decode_batch, gpu_decodable, prepare_stream
 from .placement import ResolvedTransform, fill_table, job_table
 
-WAVE_TILES = 512
 _NO_JOBS = np.empty((0, 13), np.int32)
 _NO_FILLS = np.empty((0, 8), np.int32)
 
@@ -67,10 +68,13 @@ class CudaRead:
     def __init__(self, plan: Plan, level: Level, *, path: str, readers: Sequence[FileReader],
                  file_keys: Sequence[object], fill: float, transform: ResolvedTransform, backend: Any,
                  cache: TileCache | None, workers: int, roi: bool = False, zdiv: int = 1,
-                 wave_tiles: int = WAVE_TILES, progress: Callable[[int], None] | None = None) -> None:
+                 wave_tiles: int | None = None, progress: Callable[[int], None] | None = None) -> None:
         self.plan, self.level, self.path, self.readers = plan, level, path, readers
         self.file_keys, self.fill, self.transform, self.backend = file_keys, fill, transform, backend
-        self.cache, self.workers, self.roi, self.zdiv, self.wave_tiles = cache, workers, roi, zdiv, wave_tiles
+        self.cache, self.workers, self.roi, self.zdiv = cache, workers, roi, zdiv
+        from . import OPTIONS
+
+        self.wave_tiles = int(wave_tiles or OPTIONS["wave_tiles"])
         self.progress = progress
         self.store = level.chunk_store
         if self.store is None:
@@ -130,11 +134,19 @@ class CudaRead:
         if self.progress is not None and len(todo) < len(jobs_by_tile):
             self.progress(len(jobs_by_tile) - len(todo))
         insert = self.cache is not None and len(todo) * self.level.decoded_tile_nbytes <= self.cache.memory_capacity
-        for i in range(0, len(todo), self.wave_tiles):
-            wave = self.decode_wave(todo[i : i + self.wave_tiles], jobs_by_tile, insert)
-            self.place(wave, _NO_FILLS)
-            if self.progress is not None:
-                self.progress(len(todo[i : i + self.wave_tiles]))
+        waves = [todo[i : i + self.wave_tiles] for i in range(0, len(todo), self.wave_tiles)]
+        # the next wave's bytes are read while this one decodes and places (one wave ahead: bounded memory)
+        pending = _prefetch_pool().submit(self.fetch, waves[0]) if waves else None
+        try:
+            for i, tiles in enumerate(waves):
+                data = pending.result()
+                pending = _prefetch_pool().submit(self.fetch, waves[i + 1]) if i + 1 < len(waves) else None
+                self.place(self.decode_wave(tiles, data, jobs_by_tile, insert), _NO_FILLS)
+                if self.progress is not None:
+                    self.progress(len(tiles))
+        finally:
+            if pending is not None:
+                pending.cancel() or pending.exception()  # an abandoned read finishes before the call returns
         return self.out
 
     def place(self, wave: _Wave, fills: np.ndarray) -> None:
@@ -189,9 +201,9 @@ class CudaRead:
         _, ty, tx, _ = self.level.tile_extent(tile)
         return None if (y0, x0, y1, x1) == (0, 0, ty, tx) else (y0, x0, y1, x1)
 
-    def decode_wave(self, tiles: list[int], jobs_by_tile: dict[int, list[TileJob]], insert: bool) -> _Wave:
+    def decode_wave(self, tiles: list[int], data: dict[int, bytes | memoryview | None],
+                    jobs_by_tile: dict[int, list[TileJob]], insert: bool) -> _Wave:
         wave = _Wave()
-        data = self.fetch(tiles)
         cpu_tiles: list[int] = []
         groups: dict[Any, list[tuple[int, PreparedStream]]] = defaultdict(list)
         for tile in tiles:
@@ -242,6 +254,18 @@ class CudaRead:
                 if insert:
                     self.cache.put(self.cache_key(tile), CachedTile(arr, False))
         return wave
+
+
+_prefetch: list[ThreadPoolExecutor] = []
+_prefetch_lock = threading.Lock()
+
+
+def _prefetch_pool() -> ThreadPoolExecutor:
+    """The threads that read the next wave's bytes (kvikio splits each read further on its own pool)."""
+    with _prefetch_lock:
+        if not _prefetch:
+            _prefetch.append(ThreadPoolExecutor(max_workers=4, thread_name_prefix="cucim_like-cuda-io"))
+        return _prefetch[0]
 
 
 def execute(plan: Plan, level: Level, **kwargs: Any) -> Any:

@@ -47,15 +47,19 @@ def _handle(path: str):
         return f
 
 
+def pinned_buffer(nbytes: int) -> np.ndarray:
+    """``nbytes`` of page-locked host memory as a uint8 array (keeps the allocation alive)."""
+    import cupy
+
+    return np.frombuffer(cupy.cuda.alloc_pinned_memory(max(nbytes, 1)), np.uint8, nbytes)
+
+
 def read_ranges_kvikio(paths: Sequence[str], ranges: Sequence[ByteRange], threads: int | None = None) -> list:
     """Bytes of each range, as memoryviews into one pinned host buffer; reads run in parallel on kvikio's
     pool. Raises FileAccessError on a short or failed read."""
-    import cupy
-
     configure_threads(threads)
     total = sum(r.stop - r.start for r in ranges)
-    pinned = cupy.cuda.alloc_pinned_memory(max(total, 1))
-    host = np.frombuffer(pinned, np.uint8, total)
+    host = pinned_buffer(total)
     views, futures, pos = [], [], 0
     for r in ranges:
         n = r.stop - r.start

@@ -175,7 +175,7 @@ def test_batches_match_the_cpu_executor(files, kind, host_cuda):
 def test_many_waves_and_partial_tile_decoding(files, host_cuda, monkeypatch):
     img = CuImage(_path(files, "jpeg-ycbcr"))
     want = img.read_region()
-    monkeypatch.setattr(executor, "WAVE_TILES", 3)
+    monkeypatch.setitem(cucim_like.cuda.OPTIONS, "wave_tiles", 3)
     cucim_like.device_cache(memory_capacity=0)
     _assert_same(img.read_region(device="cuda"), want, True, "waves of 3 tiles", host_cuda)
     # batches decode only the part of a tile a patch needs (nvImageCodec regions)
