@@ -48,6 +48,13 @@ class HostBackend:
     def to_host(self, arr: Any) -> np.ndarray:
         return np.asarray(arr)
 
+    def fence(self) -> None:
+        """A marker of the work enqueued so far (nothing is asynchronous here)."""
+        return None
+
+    def wait(self, fence: Any) -> None:
+        return None
+
 
 class CudaBackend:
     """CuPy arrays on ``device_id``, ordered on the CuPy stream current when the read was asked for; tile
@@ -94,6 +101,16 @@ class CudaBackend:
 
     def to_host(self, arr: Any) -> np.ndarray:
         return self.cupy.asnumpy(arr)
+
+    def fence(self) -> Any:
+        """A CUDA event recorded on the stream after the work enqueued so far."""
+        event = self.cupy.cuda.Event(disable_timing=True)
+        event.record(self.stream)
+        return event
+
+    def wait(self, fence: Any) -> None:
+        """Block until the work before ``fence`` is done (its inputs may then be freed)."""
+        fence.synchronize()
 
 
 class _Active:

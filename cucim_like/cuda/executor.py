@@ -131,6 +131,10 @@ class CudaRead:
         if self.store is None:
             self.check_tiles(todo)
         self.place(cached, fill_table(fills) if fills else _NO_FILLS)
+        # The placement kernel reads a wave's tiles after place() returns: each wave (the cached one too: the
+        # cache may evict its tiles meanwhile) stays referenced until its work is done, checked before the
+        # wave after next is placed, and at the end.
+        in_flight: list[tuple[Any, _Wave]] = [(self.backend.fence(), cached)]
         if self.progress is not None and len(todo) < len(jobs_by_tile):
             self.progress(len(jobs_by_tile) - len(todo))
         insert = self.cache is not None and len(todo) * self.level.decoded_tile_nbytes <= self.cache.memory_capacity
@@ -141,12 +145,18 @@ class CudaRead:
             for i, tiles in enumerate(waves):
                 data = pending.result()
                 pending = _prefetch_pool().submit(self.fetch, waves[i + 1]) if i + 1 < len(waves) else None
-                self.place(self.decode_wave(tiles, data, jobs_by_tile, insert), _NO_FILLS)
+                wave = self.decode_wave(tiles, data, jobs_by_tile, insert)
+                if len(in_flight) == 2:
+                    self.backend.wait(in_flight.pop(0)[0])
+                self.place(wave, _NO_FILLS)
+                in_flight.append((self.backend.fence(), wave))
                 if self.progress is not None:
                     self.progress(len(tiles))
         finally:
             if pending is not None:
                 pending.cancel() or pending.exception()  # an abandoned read finishes before the call returns
+            for fence, _ in in_flight:
+                self.backend.wait(fence)
         return self.out
 
     def place(self, wave: _Wave, fills: np.ndarray) -> None:
