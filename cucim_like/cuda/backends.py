@@ -82,7 +82,8 @@ class CudaBackend:
 
     def from_image(self, image: Any):
         cp = self.cupy
-        arr = cp.asarray(image) if hasattr(image, "__cuda_array_interface__") else cp.asarray(np.asarray(image.cpu()))
+        on_device = str(image.buffer_kind).endswith("STRIDED_DEVICE")
+        arr = cp.asarray(image) if on_device else cp.asarray(np.asarray(image.cpu()))  # a view keeps image alive
         return arr.reshape(1, *arr.shape[:2], -1)
 
     def upload(self, arr: np.ndarray):

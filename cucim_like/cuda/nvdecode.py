@@ -153,7 +153,8 @@ def decode_batch(streams: Sequence[PreparedStream], regions: Sequence[tuple[int,
     dec = thread_decoder(backend, device_id)
     code_streams = []
     for i, s in enumerate(streams):
-        cs = nv.CodeStream(bytes(s.data) if isinstance(s.data, memoryview) else s.data)
+        # memoryviews of the read buffer (pinned on the GPU path) are handed over without a copy
+        cs = nv.CodeStream(np.frombuffer(s.data, np.uint8) if isinstance(s.data, memoryview) else s.data)
         region = regions[i] if regions is not None else None
         if region is not None:
             cs = cs.get_sub_code_stream(region=nv.Region(*region))
