@@ -16,15 +16,14 @@ from . import arguments as args
 from . import memory
 from .batch import BatchIterator, check_batch_arguments
 from .cache import TileCache, configure_cache, current_cache
-from .cuda.cache import device_cache
-from .cuda.placement import OutputTransform, kernel_supports
+from .cuda.placement import OutputTransform
 from .errors import InvalidArgumentError, UnknownAssociatedImageError
 from .executors import cpu
 from .executors.pool import default_workers
 from .formats import open_source
 from .formats.base import ImageSource, Level
 from .plan import Plan, plan_batch, plan_region
-from .read_target import ReadTarget, device_shape, make_target
+from .read_target import ReadTarget, make_target, read_with_target
 
 
 class CuImage:
@@ -330,7 +329,7 @@ class CuImage:
             plan = plan_batch(lvl.shape, lvl.tile_shape, lvl.planes, batch_starts.tolist(), extent)
             n = len(batch_starts)
             if target is not None:
-                return self._target_read(target, plan, lvl, pick, squeeze, fill_value, workers,
+                return read_with_target(self, target, plan, lvl, pick, squeeze, fill_value, workers,
                                          plan.out_shape[0] // extent[0], progress, cancel)
             direct = out_buf is not None and pick is None  # else read all channels, then pick
             out = out_buf[:n].reshape(plan.out_shape) if direct else memory.empty(plan.out_shape, lvl.dtype)
@@ -421,7 +420,7 @@ class CuImage:
         channels (None: all, in order); ``squeeze``: no channel axis in the result (c was one integer)."""
         if target is not None:
             plan = plan_region(lvl.shape, lvl.tile_shape, lvl.planes, start, extent)
-            return self._target_read(target, plan, lvl, pick, squeeze, fill, workers, None, progress)
+            return read_with_target(self, target, plan, lvl, pick, squeeze, fill, workers, None, progress)
         if pick is None and not squeeze:
             return self._read(lvl, start, extent, buf, fill, workers, progress)
         nd = 3 if self.is_volume else 2
@@ -518,44 +517,6 @@ class CuImage:
         from .dask_array import level_to_dask
 
         return level_to_dask(self, args.check_level(level, len(self._source.levels)), chunks)
-
-    def _target_read(self, target: ReadTarget, plan: Plan, lvl: Level, pick: list[int] | None, squeeze: bool,
-                     fill: float, workers: int, batch: int | None,
-                     progress: Callable[[int], None] | None = None, cancel=None) -> Any:
-        """Run ``plan`` for a read with a device or a transform; returns the user's array (see
-        :func:`~cucim_like.read_target.device_shape`), channels picked by ``read_region(c=...)``."""
-        volume = self.is_volume
-        depth = plan.out_shape[0] // (batch or 1)
-        args.check_output_bytes(math.prod(plan.out_shape) * max(lvl.dtype.itemsize, 4), "this read")
-        fused = pick is None and not squeeze
-        resolved = (target if fused else target.native()).resolve(lvl)
-        if target.on_device and kernel_supports(lvl.dtype, resolved.dtype):
-            from .cuda import executor as cuda_executor
-
-            out = cuda_executor.execute(plan, lvl, path=self._path, readers=self._readers,
-                                        file_keys=self._file_keys, fill=fill, transform=resolved,
-                                        backend=target.backend, cache=device_cache(), workers=workers,
-                                        roi=batch is not None, zdiv=depth, progress=progress)
-            out = device_shape(out, resolved, batch=batch, depth=depth, volume=volume,
-                               drop_channel=self._drop_channel and fused)
-            if fused:
-                return out
-        else:
-            out = memory.empty(plan.out_shape, lvl.dtype)
-            self._run(plan, lvl, out, fill, workers, current_cache(), progress, cancel)
-            if target.on_device:  # dtypes the placement kernel is not built for: decoded here, then uploaded
-                out = target.backend.upload(out)
-            out = out.reshape((batch, depth, *out.shape[1:])) if batch is not None else out
-            if not volume:
-                out = out[:, 0] if batch is not None else out[0]
-            if self._drop_channel and pick is None:
-                out = out[..., 0]
-        if pick is not None:
-            out = out[..., pick]
-        if squeeze:
-            out = out[..., 0]
-        return target.finish(out, lvl, batch=batch is not None, has_channels=not (squeeze or (
-            self._drop_channel and pick is None)))
 
     def _level_starts(self, locations: np.ndarray, lvl: Level) -> np.ndarray:
         """Level-0 (x, y[, z]) locations -> (z, y, x) starts in ``lvl``'s pixels, int64 (N, 3)."""

@@ -7,14 +7,21 @@ Without either, ``read_region`` does not make one at all and nothing here runs.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .cuda.placement import OutputTransform, ResolvedTransform, cast_like_kernel
+from . import arguments as args
+from . import memory
+from .cache import current_cache
+from .cuda.cache import device_cache
+from .cuda.placement import OutputTransform, ResolvedTransform, cast_like_kernel, kernel_supports
 from .errors import InvalidArgumentError
 from .formats.base import Level
+from .plan import Plan
 
 
 @dataclass
@@ -117,3 +124,43 @@ def device_shape(out: Any, t: ResolvedTransform, *, batch: int | None, depth: in
     shape = (depth, h, w, c) if volume else (h, w, c)
     arr = out.reshape((d // depth, *shape)) if batch is not None else out.reshape(shape)
     return arr[..., 0] if drop_channel else arr
+
+
+def read_with_target(img: Any, target: ReadTarget, plan: Plan, lvl: Level, pick: list[int] | None, squeeze: bool,
+                     fill: float, workers: int, batch: int | None, progress: Callable[[int], None] | None = None,
+                     cancel: Any = None) -> Any:
+    """Run ``plan`` of CuImage ``img`` for a read with a device or a transform; returns the user's array (see
+    :func:`device_shape`) with the channels ``read_region(c=...)`` picked (``pick`` positions, ``squeeze``: no
+    channel axis). The CUDA executor fuses the transform when no channels are picked and the kernel is built
+    for the dtypes; otherwise the CPU executor reads, the result is uploaded (on a device) and transformed."""
+    volume = img.is_volume
+    depth = plan.out_shape[0] // (batch or 1)
+    args.check_output_bytes(math.prod(plan.out_shape) * max(lvl.dtype.itemsize, 4), "this read")
+    fused = pick is None and not squeeze
+    resolved = (target if fused else target.native()).resolve(lvl)
+    if target.on_device and kernel_supports(lvl.dtype, resolved.dtype):
+        from .cuda import executor as cuda_executor
+
+        out = cuda_executor.execute(plan, lvl, path=img._path, readers=img._readers, file_keys=img._file_keys,
+                                    fill=fill, transform=resolved, backend=target.backend, cache=device_cache(),
+                                    workers=workers, roi=batch is not None, zdiv=depth, progress=progress)
+        out = device_shape(out, resolved, batch=batch, depth=depth, volume=volume,
+                           drop_channel=img._drop_channel and fused)
+        if fused:
+            return out
+    else:
+        out = memory.empty(plan.out_shape, lvl.dtype)
+        img._run(plan, lvl, out, fill, workers, current_cache(), progress, cancel)
+        if target.on_device:  # dtypes the placement kernel is not built for: decoded here, then uploaded
+            out = target.backend.upload(out)
+        out = out.reshape((batch, depth, *out.shape[1:])) if batch is not None else out
+        if not volume:
+            out = out[:, 0] if batch is not None else out[0]
+        if img._drop_channel and pick is None:
+            out = out[..., 0]
+    if pick is not None:
+        out = out[..., pick]
+    if squeeze:
+        out = out[..., 0]
+    return target.finish(out, lvl, batch=batch is not None,
+                         has_channels=not (squeeze or (img._drop_channel and pick is None)))
