@@ -16,15 +16,21 @@ def jpeg_frame(data: bytes | memoryview, markers: frozenset[int] | set[int] = _S
 
     Works on abbreviated streams (tables elsewhere). Raises DecodeError when no SOF comes before the scan.
     """
+    return jpeg_sof(data, markers)[1:]
+
+
+def jpeg_sof(data: bytes | memoryview, markers: frozenset[int] | set[int] = _SOF_MARKERS,
+             ) -> tuple[int, int, int, int, int]:
+    """Like :func:`jpeg_frame`, with the SOF marker found first: (marker, precision, height, width, comps)."""
     if not isinstance(data, bytes):
         # the frame header sits near the start: look at 4 KiB first, at 64 KiB only when tables are larger
         head = bytes(data[:4096])
         try:
-            return jpeg_frame(head, markers)
+            return jpeg_sof(head, markers)
         except DecodeError:
             if len(data) <= 4096:
                 raise
-        return jpeg_frame(bytes(data[:65536]), markers)
+        return jpeg_sof(bytes(data[:65536]), markers)
     buf = data
     n = len(buf)
     if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
@@ -47,7 +53,7 @@ def jpeg_frame(data: bytes | memoryview, markers: frozenset[int] | set[int] = _S
             if i + 4 + 6 > n:
                 break
             precision, height, width, comps = struct.unpack_from(">BHHB", buf, i + 4)
-            return precision, height, width, comps
+            return marker, precision, height, width, comps
         if marker in (0xDA, 0xD9):
             break
         i += 2 + length

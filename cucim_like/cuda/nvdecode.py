@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..codecs.dicom import join_items
-from ..codecs.headers import j2k_size, jpeg_frame
+from ..codecs.headers import j2k_size, jpeg_sof
 from ..errors import CodecUnavailableError, CucimLikeError, DecodeError
 from ..formats.base import Level
 
@@ -79,12 +79,8 @@ def prepare_stream(level: Level, data: bytes | memoryview) -> PreparedStream | N
         tables = spec.jpeg_tables
         if tables and tables.endswith(b"\xff\xd9") and bytes(data[:2]) == b"\xff\xd8":
             data = tables[:-2] + bytes(data[2:])
-        precision, rows, columns, samples = jpeg_frame(data)  # any SOF: raises for a damaged stream
-        try:
-            jpeg_frame(data, _HUFFMAN_SOF)
-        except DecodeError:  # lossless or arithmetic-coded: the CPU decodes it
-            return None
-        if precision != 8:
+        marker, precision, rows, columns, samples = jpeg_sof(data)  # raises for a damaged stream
+        if marker not in _HUFFMAN_SOF or precision != 8:  # lossless, arithmetic-coded or 12-bit: the CPU's
             return None
         rgb_stored = spec.colorspace == "RGB" and b"JFIF" not in bytes(data[:32])
         params = StreamParams("UNCHANGED" if rgb_stored or samples == 1 else "SRGB", False)
