@@ -47,6 +47,17 @@ class _SharedFile:
         self.fd = _shared_fd()
         self.size = 0
         self.map: mmap.mmap | None = None
+        self.dirty = 0  # bytes [0, dirty) may hold an earlier stream; the rest is zero
+
+    def put(self, data: bytes | memoryview) -> None:
+        """Write ``data`` at the start and zero what an earlier, longer stream left after it: a decoder that
+        reads past the end of a damaged stream (fpzip's buffer reader has no bound) then sees zeros, the same
+        on every read, never bytes of another chunk."""
+        n = len(data)
+        self.map[:n] = data
+        if self.dirty > n:
+            self.map[n : self.dirty] = bytes(self.dirty - n)
+        self.dirty = n
 
     def ensure(self, need: int) -> None:
         if need <= self.size:
@@ -94,7 +105,7 @@ class _Worker:
         n = len(data)
         self.inp.ensure(n + 16)  # never zero-sized
         self.out.ensure(out_nbytes + 16)
-        self.inp.map[:n] = data
+        self.inp.put(data)
         try:
             self.conn.send((codec, library, n, self.inp.size, self.out.size, params))
             ready = self.conn.poll(timeout)

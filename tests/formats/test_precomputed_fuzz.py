@@ -1,7 +1,9 @@
 """Fuzz: 1,000 mutated chunks per encoding (truncations, byte flips, header edits, wrong sizes, streams made
 for another chunk shape), read through cucim_like in a subprocess so that a crash fails the test. Each read
 must raise a typed error or return exactly what an independent decoder makes of the mutated stream, and no
-read may allocate more than a bounded multiple of the chunk's size."""
+read may allocate more than a bounded multiple of the chunk's size. The one exception: a few damaged streams
+make fpzip itself nondeterministic (it reads memory it never wrote), so the reference has no defined result;
+such reads only have to end without a crash, and they must stay rare."""
 
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ def test_mutated_chunks_never_crash_and_never_lie(tmp_path, kind):
     counts = report["counts"]
     assert sum(counts.values()) == COUNT
     assert report["wrong"] == [], f"reads returned data no decoder makes of those streams: {report}"
-    assert set(counts) <= {"data-as-reference", "data-same", "DecodeError", "CorruptFileError"}, counts
+    assert set(counts) <= {"data-as-reference", "data-same", "DecodeError", "CorruptFileError", "fpzip-undefined"}, \
+        counts
+    # streams on which fpzip itself is not deterministic (it reads memory it never wrote): rare
+    assert counts.get("fpzip-undefined", 0) <= COUNT // 100, counts
     assert counts.get("DecodeError", 0) + counts.get("CorruptFileError", 0) > COUNT // 10, counts
     # per read, Python-tracked allocations stay within a fixed multiple of the chunk, whatever the header says
     assert report["peak_bytes"] <= 64 * report["chunk_bytes"] + (512 << 10), report
