@@ -18,8 +18,8 @@ from . import arguments as args
 from . import memory
 from .cache import current_cache
 from .cuda.cache import device_cache
-from .cuda.placement import OutputTransform, ResolvedTransform, cast_like_kernel, kernel_supports
-from .errors import InvalidArgumentError
+from .cuda.placement import OutputTransform, ResolvedTransform, kernel_supports
+from .errors import DeviceUnavailableError, InvalidArgumentError
 from .formats.base import Level
 from .plan import Plan
 
@@ -52,32 +52,12 @@ class ReadTarget:
         xp = _array_module(arr)
         values = arr if has_channels else arr[..., None]
         resolved = self.resolve(level, values.shape[-1])
-        out = apply_transform(xp, values, resolved)
+        out = resolved.apply(values, xp)
         if not has_channels:
             return out[..., 0]
         if resolved.channels_first:
             out = xp.ascontiguousarray(xp.moveaxis(out, -1, 1 if batch else 0))
         return out
-
-
-def apply_transform(xp: Any, values: Any, t: ResolvedTransform) -> Any:
-    """``values`` (channels last) through ``t`` with the kernel's arithmetic, with NumPy or CuPy."""
-    if t.identity:
-        if xp is np:
-            return cast_like_kernel(values, t.dtype)
-        x = values
-    else:
-        x = values.astype(xp.float32) * xp.asarray(t.mul) + xp.asarray(t.add)
-    if xp is np:
-        return cast_like_kernel(x, t.dtype)
-    dtype = np.dtype(t.dtype)
-    if dtype.kind == "f" or x.dtype == dtype:
-        return x.astype(dtype)
-    info = np.iinfo(dtype)
-    if x.dtype.kind == "f":
-        x = xp.where(x >= 0, xp.floor(x + 0.5), xp.ceil(x - 0.5))
-        x = xp.nan_to_num(x, nan=0.0)
-    return xp.clip(x, info.min, info.max).astype(dtype)
 
 
 def _array_module(arr: Any) -> Any:
@@ -103,8 +83,6 @@ def make_target(device: str, transform: OutputTransform | None, path: str | None
         from .cuda import backend_for_device
 
         return ReadTarget(backend_for_device(device, path), transform)
-    from .errors import DeviceUnavailableError
-
     raise DeviceUnavailableError(f"unknown device {device!r}; use 'cpu' or 'cuda'", path=path)
 
 
@@ -135,9 +113,11 @@ def read_with_target(img: Any, target: ReadTarget, plan: Plan, lvl: Level, pick:
     for the dtypes; otherwise the CPU executor reads, the result is uploaded (on a device) and transformed."""
     volume = img.is_volume
     depth = plan.out_shape[0] // (batch or 1)
-    args.check_output_bytes(math.prod(plan.out_shape) * max(lvl.dtype.itemsize, 4), "this read")
     fused = pick is None and not squeeze
     resolved = (target if fused else target.native()).resolve(lvl)
+    wanted = target.transform.dtype if target.transform is not None else None
+    out_itemsize = max(lvl.dtype.itemsize, np.dtype(wanted).itemsize if wanted is not None else 0)
+    args.check_output_bytes(math.prod(plan.out_shape) * out_itemsize, "this read")
     if target.on_device and kernel_supports(lvl.dtype, resolved.dtype):
         from .cuda import executor as cuda_executor
 

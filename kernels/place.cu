@@ -138,6 +138,13 @@ struct OutLayout {
     }
 };
 
+// Pixel p of a box of ny x nx rows (x fastest) as (z, y, x).
+struct Pixel {
+    long long z, y, x;
+    __device__ __forceinline__ Pixel(long long p, long long ny, long long nx)
+        : z(p / nx / ny), y((p / nx) % ny), x(p % nx) {}
+};
+
 }  // namespace place_detail
 
 // One block row (blockIdx.y) per job; threads stride over the job's nz*ny*nx pixels, x fastest, and each thread
@@ -168,10 +175,8 @@ __global__ void place_tiles(const unsigned long long* slot_ptrs, const long long
     const long long step = static_cast<long long>(gridDim.x) * blockDim.x;
 
     for (long long p = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; p < pixels; p += step) {
-        const long long x = p % nx;
-        const long long t = p / nx;
-        const long long y = t % ny;
-        const long long z = t / ny;
+        const Pixel px(p, ny, nx);
+        const long long z = px.z, y = px.y, x = px.x;
         const In* sp = src + (sz0 + z) * ssz + (sy0 + y) * ssy + (sx0 + x) * ssx + sc0 * ssc;
         Out* const dp = dst + z * or_ + y * oy + x * ox;
         if (convert_colour) {
@@ -207,10 +212,8 @@ __global__ void fill_boxes(const int* boxes, int n_boxes, Out* out, long long oq
     const long long step = static_cast<long long>(gridDim.x) * blockDim.x;
 
     for (long long p = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; p < pixels; p += step) {
-        const long long x = p % nx;
-        const long long t = p / nx;
-        const long long y = t % ny;
-        const long long z = t / ny;
+        const Pixel px(p, ny, nx);
+        const long long z = px.z, y = px.y, x = px.x;
         Out* const dp = dst + z * or_ + y * oy + x * ox;
         for (int c = 0; c < nc; ++c) dp[c * oc] = from_float<Out>(values[dc0 + c]);
     }

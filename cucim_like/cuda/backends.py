@@ -19,7 +19,6 @@ from .placement import ResolvedTransform, place_reference
 class HostBackend:
     """NumPy arrays, reads through the image's readers, nvImageCodec's CPU decoder, reference placement."""
 
-    name = "host"
     decoder = "cpu"
     device_id = 0
     cuda_stream = 0
@@ -45,9 +44,6 @@ class HostBackend:
               transform: ResolvedTransform, ycbcr: bool, zdiv: int) -> None:
         place_reference(slots, jobs, fills, out, fill, transform, ycbcr, zdiv)
 
-    def to_host(self, arr: Any) -> np.ndarray:
-        return np.asarray(arr)
-
     def fence(self) -> None:
         """A marker of the work enqueued so far (nothing is asynchronous here)."""
         return None
@@ -59,8 +55,6 @@ class HostBackend:
 class CudaBackend:
     """CuPy arrays on ``device_id``, ordered on the CuPy stream current when the read was asked for; tile
     bytes read with kvikio into pinned host memory; nvImageCodec decoding on the GPU; the placement kernel."""
-
-    name = "cuda"
 
     def __init__(self, device_id: int | None = None, decoder: str = "gpu", io_threads: int | None = None) -> None:
         import cupy
@@ -100,9 +94,6 @@ class CudaBackend:
 
         place(slots, jobs, fills, out, fill, transform, ycbcr, zdiv)
 
-    def to_host(self, arr: Any) -> np.ndarray:
-        return self.cupy.asnumpy(arr)
-
     def fence(self) -> Any:
         """A CUDA event recorded on the stream after the work enqueued so far."""
         event = self.cupy.cuda.Event(disable_timing=True)
@@ -128,14 +119,9 @@ class _Active:
         self.device.__exit__(*exc)
 
 
-_host = HostBackend()
-
-
-def backend_for(device: str) -> HostBackend | CudaBackend:
-    """The backend serving ``device``: "cuda[:N]" (the GPU), or "host" (the CI stand-in)."""
+def backend_for(device: str) -> CudaBackend:
+    """The backend serving ``device`` ("cuda" or "cuda:N"); tests put the host stand-in in its place."""
     kind, _, index = str(device).lower().partition(":")
-    if kind == "host":
-        return _host
     if kind != "cuda":
         raise DeviceUnavailableError(f"no CUDA backend for device {device!r}")
     from . import OPTIONS

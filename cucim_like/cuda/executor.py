@@ -25,10 +25,10 @@ import numpy as np
 
 from ..cache import TileCache
 from ..codecs import get_decoder
-from ..errors import CorruptFileError, CucimLikeError, DecodeError
-from ..executors.cpu import parallel_for, tile_coords
+from ..errors import CucimLikeError, DecodeError
+from ..executors.cpu import check_tile_ranges, flat_tile_table, parallel_for, tile_coords
 from ..fileio import FileReader
-from ..formats.base import Level, compressed_tile_limit
+from ..formats.base import Level
 from ..plan import Plan, TileJob, coalesce_ranges
 from .nvdecode import PreparedStream, decode_batch, gpu_decodable, prepare_stream
 from .placement import ResolvedTransform, fill_table, job_table
@@ -77,13 +77,9 @@ class CudaRead:
         self.wave_tiles = int(wave_tiles or OPTIONS["wave_tiles"])
         self.progress = progress
         self.store = level.chunk_store
+        self.file_ids = None
         if self.store is None:
-            try:
-                offsets, lengths, file_ids = level.tile_table()
-            except CucimLikeError as exc:
-                raise type(exc)(exc.message, path=exc.path or path, level=level.index, tile=exc.tile) from exc
-            self.offsets, self.lengths = offsets.reshape(-1), lengths.reshape(-1)
-            self.file_ids = file_ids.reshape(-1) if file_ids is not None else None
+            self.offsets, self.lengths, self.file_ids = flat_tile_table(level, path)
         self.gpu = gpu_decodable(level)
 
     # -- helpers ---------------------------------------------------------------------------------------------
@@ -91,7 +87,7 @@ class CudaRead:
         return tile_coords(self.level, tile)
 
     def cache_key(self, tile: int) -> tuple:
-        fid = int(self.file_ids[tile]) if self.store is None and self.file_ids is not None else 0
+        fid = int(self.file_ids[tile]) if self.file_ids is not None else 0
         return ("device", self.file_keys[fid], self.level.index, self.level.variant, tile)
 
     def cpu_decode(self, tile: int, data: bytes | memoryview | None) -> np.ndarray:
@@ -129,7 +125,7 @@ class CudaRead:
             else:
                 todo.append(tile)
         if self.store is None:
-            self.check_tiles(todo)
+            check_tile_ranges(self.level, self.path, self.readers, self.offsets, self.lengths, self.file_ids, todo)
         self.place(cached, fill_table(fills) if fills else _NO_FILLS)
         # The placement kernel reads a wave's tiles after place() returns: each wave (the cached one too: the
         # cache may evict its tiles meanwhile) stays referenced until its work is done, checked before the
@@ -164,24 +160,9 @@ class CudaRead:
         if not groups and len(fills):
             groups = [(False, [])]
         for i, (ycbcr, jobs) in enumerate(groups):
-            table = job_table(jobs, {s: s for s in range(len(wave.slots))}) if jobs else _NO_JOBS
+            table = job_table(jobs) if jobs else _NO_JOBS
             self.backend.place(wave.slots, table, fills if i == 0 else _NO_FILLS, self.out, self.fill,
                                self.transform, ycbcr, self.zdiv)
-
-    def check_tiles(self, tiles: list[int]) -> None:
-        """Refuse tile byte ranges outside their file or larger than a bounded expansion of the tile."""
-        if not tiles:
-            return
-        t = np.asarray(tiles, np.int64)
-        off, ln = self.offsets[t], self.lengths[t]
-        sizes = np.array([r.size for r in self.readers], np.int64)
-        fsize = sizes[self.file_ids[t]] if self.file_ids is not None else sizes[0]
-        bad = (off < 0) | (ln < 0) | (off > fsize - ln) | (ln > compressed_tile_limit(self.level.decoded_tile_nbytes))
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise CorruptFileError(f"tile bytes {int(off[i])}+{int(ln[i])} lie outside the file or exceed the "
-                                   "tile's bounded size", path=self.path, level=self.level.index,
-                                   tile=self.coords(int(t[i])))
 
     def fetch(self, tiles: list[int]) -> dict[int, bytes | memoryview | None]:
         """Compressed bytes of ``tiles`` (None: a chunk the store does not have)."""

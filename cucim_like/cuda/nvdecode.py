@@ -21,7 +21,7 @@ import numpy as np
 
 from ..codecs.dicom import join_items
 from ..codecs.headers import j2k_size, jpeg_sof
-from ..errors import CodecUnavailableError, CucimLikeError, DecodeError
+from ..errors import CodecUnavailableError, DecodeError
 from ..formats.base import Level
 
 # nvImageCodec backends: "gpu" lets it choose (nvJPEG hardware engine where the GPU has one, else
@@ -167,8 +167,3 @@ def decode_batch(streams: Sequence[PreparedStream], regions: Sequence[tuple[int,
             img = None
         out.append(img)
     return out
-
-
-def tile_error(exc: CucimLikeError, path: str, level: Level, tile: object) -> DecodeError:
-    """``exc`` as a DecodeError naming the tile."""
-    return DecodeError(exc.message, path=path, level=level.index, tile=tile)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..plan import Box, Plan, TileJob
+from ..plan import Box, TileJob
 
 JOB_COLUMNS = 13
 FILL_COLUMNS = 8
@@ -113,17 +114,16 @@ class ResolvedTransform:
             return (c * zdiv * h * w, h * w, w, 1, zdiv * h * w)
         return (zdiv * h * w * c, h * w * c, w * c, c, 1)
 
-    def apply(self, values: np.ndarray, channel_axis: int = -1) -> np.ndarray:
-        """Transform values (channels along ``channel_axis``) to ``dtype`` with the kernel's arithmetic."""
+    def apply(self, values: Any, xp: Any = np) -> Any:
+        """Transform values (channels last) to ``dtype`` with the kernel's arithmetic; ``xp`` is the array
+        module of ``values`` (NumPy, or CuPy for the un-fused device path)."""
         if self.identity:
-            return cast_like_kernel(values, self.dtype)
-        shape = [1] * values.ndim
-        shape[channel_axis] = -1
-        x = values.astype(np.float32) * self.mul.reshape(shape) + self.add.reshape(shape)
-        return cast_like_kernel(x, self.dtype)
+            return cast_like_kernel(values, self.dtype, xp)
+        x = values.astype(xp.float32) * xp.asarray(self.mul) + xp.asarray(self.add)
+        return cast_like_kernel(x, self.dtype, xp)
 
 
-def cast_like_kernel(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast_like_kernel(x: Any, dtype: np.dtype, xp: Any = np) -> Any:
     """The kernel's float-to-output conversion: integers rounded half away from zero (``floor(x + 0.5)`` /
     ``ceil(x - 0.5)`` in float32, as place.cu does), NaN to 0, saturated; floats converted directly."""
     dtype = np.dtype(dtype)
@@ -131,18 +131,18 @@ def cast_like_kernel(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return x.astype(dtype)
     info = np.iinfo(dtype)
     if x.dtype.kind in "iu":
-        return np.clip(x, info.min, info.max).astype(dtype)
-    r = np.where(x >= 0, np.floor(x + 0.5), np.ceil(x - 0.5))
-    return np.clip(np.nan_to_num(r, nan=0.0), info.min, info.max).astype(dtype)
+        return xp.clip(x, info.min, info.max).astype(dtype)
+    r = xp.where(x >= 0, xp.floor(x + 0.5), xp.ceil(x - 0.5))
+    return xp.clip(xp.nan_to_num(r, nan=0.0), info.min, info.max).astype(dtype)
 
 
-def job_table(jobs: Sequence[TileJob], slot_of: dict[int, int]) -> np.ndarray:
-    """int32 (n, 13) rows for ``jobs`` whose tiles sit in ``slot_of[tile]``."""
+def job_table(jobs: Sequence[TileJob]) -> np.ndarray:
+    """int32 (n, 13) rows for ``jobs`` whose ``tile`` field is the slot holding their decoded tile."""
     table = np.empty((len(jobs), JOB_COLUMNS), np.int32)
-    for i, (tile, src, dst) in enumerate(jobs):
+    for i, (slot, src, dst) in enumerate(jobs):
         (sz, _), (sy, _), (sx, _), (sc, _) = src
         (dz0, dz1), (dy0, dy1), (dx0, dx1), (dc0, dc1) = dst
-        table[i] = (slot_of[tile], sz, sy, sx, sc, dz0, dy0, dx0, dc0, dz1 - dz0, dy1 - dy0, dx1 - dx0, dc1 - dc0)
+        table[i] = (slot, sz, sy, sx, sc, dz0, dy0, dx0, dc0, dz1 - dz0, dy1 - dy0, dx1 - dx0, dc1 - dc0)
     return table
 
 
@@ -152,11 +152,6 @@ def fill_table(boxes: Sequence[Box]) -> np.ndarray:
     for i, ((z0, z1), (y0, y1), (x0, x1), (c0, c1)) in enumerate(boxes):
         table[i] = (z0, y0, x0, c0, z1 - z0, y1 - y0, x1 - x0, c1 - c0)
     return table
-
-
-def plan_fill_boxes(plan: Plan, missing_jobs: Sequence[TileJob]) -> list[Box]:
-    """The plan's fill boxes plus the destinations of jobs whose tiles are missing (sparse files, chunks)."""
-    return [*plan.fills, *(job.dst for job in missing_jobs)]
 
 
 def ycbcr_to_rgb_float(ycc: np.ndarray, maxval: float) -> np.ndarray:

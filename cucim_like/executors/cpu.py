@@ -68,16 +68,9 @@ class _Read:
         except CucimLikeError as exc:
             raise type(exc)(exc.message, path=path, level=level.index) from exc
         self.store = level.chunk_store
+        self.file_ids = None
         if self.store is None:
-            try:
-                offsets, lengths, file_ids = level.tile_table()
-            except CucimLikeError as exc:
-                raise type(exc)(exc.message, path=exc.path or path, level=level.index, tile=exc.tile) from exc
-            self.offsets = offsets.reshape(-1)
-            self.lengths = lengths.reshape(-1)
-            self.file_ids = file_ids.reshape(-1) if file_ids is not None else None
-        else:
-            self.file_ids = None
+            self.offsets, self.lengths, self.file_ids = flat_tile_table(level, path)
         # decoders that hand back views of the stored bytes (native DICOM frames) read from a memory map
         self.zero_copy = bool(getattr(self.decoder, "zero_copy", False))
         if self.zero_copy:
@@ -156,31 +149,40 @@ class _Read:
         return len(rng.tiles)
 
 
-def _check_tiles(state: _Read, tiles: list[int]) -> None:
+def flat_tile_table(level: Level, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The level's (offsets, lengths, file_ids) flattened by tile index; errors of a lazy table name ``path``."""
+    try:
+        offsets, lengths, file_ids = level.tile_table()
+    except CucimLikeError as exc:
+        raise type(exc)(exc.message, path=exc.path or path, level=level.index, tile=exc.tile) from exc
+    return offsets.reshape(-1), lengths.reshape(-1), file_ids.reshape(-1) if file_ids is not None else None
+
+
+def check_tile_ranges(level: Level, path: str, readers: Sequence[FileReader], offsets: np.ndarray,
+                      lengths: np.ndarray, file_ids: np.ndarray | None, tiles: list[int]) -> None:
     """Refuse tiles whose offset/length lie outside their file or exceed a bounded expansion of the tile."""
-    limit = compressed_tile_limit(state.level.decoded_tile_nbytes)
+    limit = compressed_tile_limit(level.decoded_tile_nbytes)
     if len(tiles) <= _SMALL_REQUEST_TILES:  # plain Python is quicker than NumPy for a handful
         for tile in tiles:
-            off, ln = int(state.offsets[tile]), int(state.lengths[tile])
-            fsize = state.readers[state.file_of(tile)].size
+            off, ln = int(offsets[tile]), int(lengths[tile])
+            fsize = readers[int(file_ids[tile]) if file_ids is not None else 0].size
             if off < 0 or ln < 0 or off > fsize - ln or ln > limit:
                 raise CorruptFileError(
                     f"tile bytes {off}+{ln} lie outside the file or exceed the tile's bounded size",
-                    path=state.path, level=state.level.index, tile=tile_coords(state.level, tile),
+                    path=path, level=level.index, tile=tile_coords(level, tile),
                 )
         return
     t = np.asarray(tiles, dtype=np.int64)
-    off = state.offsets[t]
-    ln = state.lengths[t]
-    sizes = np.array([r.size for r in state.readers], dtype=np.int64)
-    fsize = sizes[state.file_ids[t]] if state.file_ids is not None else sizes[0]
+    off = offsets[t]
+    ln = lengths[t]
+    sizes = np.array([r.size for r in readers], dtype=np.int64)
+    fsize = sizes[file_ids[t]] if file_ids is not None else sizes[0]
     bad = (off < 0) | (ln < 0) | (off > fsize - ln) | (ln > limit)
     if bad.any():
         i = int(np.argmax(bad))
-        tile = int(t[i])
         raise CorruptFileError(
             f"tile bytes {int(off[i])}+{int(ln[i])} lie outside the file or exceed the tile's bounded size",
-            path=state.path, level=state.level.index, tile=tile_coords(state.level, tile),
+            path=path, level=level.index, tile=tile_coords(level, int(t[i])),
         )
 
 
@@ -229,7 +231,7 @@ def execute(
         progress(len(tiles) - len(todo))
     if not todo:
         return out
-    _check_tiles(state, todo)
+    check_tile_ranges(level, path, readers, state.offsets, state.lengths, state.file_ids, todo)
 
     total = sum(int(state.lengths[t]) for t in todo) if len(todo) <= _SMALL_REQUEST_TILES else int(
         state.lengths[np.asarray(todo)].sum())

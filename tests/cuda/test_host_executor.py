@@ -399,3 +399,14 @@ def test_associated_image_on_device(files, host_cuda):
     img = CuImage(_path(files, "jpeg-ycbcr"))
     with pytest.raises(cucim_like.UnknownAssociatedImageError):
         img.associated_image("label", device="cuda")
+
+
+def test_transform_of_picked_channels_takes_their_count(tmp_path, host_cuda):
+    vol = np.random.default_rng(5).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
+    pfx.write_volume(tmp_path / "pick", [vol], chunk=(8, 8, 4))
+    img = CuImage(str(tmp_path / "pick"))
+    t = OutputTransform(dtype="float32", mean=(1, 2), std=(2, 4), scale=1.0)
+    for device in ("cpu", "cuda"):
+        got = host(img.read_region((0, 0, 0), (8, 8, 4), device=device, c=[2, 0], transform=t))
+        want = ((vol[..., [2, 0]].astype(np.float32) - [1, 2]) / [2, 4]).astype(np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -165,7 +165,7 @@ def make_case(rng: np.random.Generator, in_dtype: str, ycbcr: bool, dims: tuple[
             boxes.append((zs, (0, inside_h), (inside_w, W), (0, C)))
     order = rng.permutation(len(jobs))
     slots = [base[:, :, :tw, :4] for base in bases]
-    table = job_table([jobs[i] for i in order], {i: i for i in range(len(bases))})
+    table = job_table([jobs[i] for i in order])
     return bases, slots, table, fill_table(boxes)
 
 
@@ -292,7 +292,7 @@ def test_cases_cover_the_output_exactly_once(ycbcr, zdiv):
 def test_reference_rounds_half_away_from_zero_and_saturates():
     values = np.array([2.5, -2.5, 3.5, 0.4, 300.0, -40000.0, np.nan, np.inf, -np.inf], np.float32)
     slots = [values.reshape(1, 1, -1, 1)]
-    jobs = job_table([TileJob(0, ((0, 1), (0, 1), (0, 9), (0, 1)), ((0, 1), (0, 1), (0, 9), (0, 1)))], {0: 0})
+    jobs = job_table([TileJob(0, ((0, 1), (0, 1), (0, 9), (0, 1)), ((0, 1), (0, 1), (0, 9), (0, 1)))])
     none = fill_table([])
     expected = {
         "int16": [3, -3, 4, 0, 300, -32768, 0, 32767, -32768],
@@ -307,7 +307,7 @@ def test_reference_rounds_half_away_from_zero_and_saturates():
 
 def test_reference_ycbcr_known_colours():
     ycc = np.array([[128, 128, 128], [255, 128, 128], [0, 128, 128], [76, 85, 255]], np.uint8).reshape(1, 1, 4, 3)
-    jobs = job_table([TileJob(0, ((0, 1), (0, 1), (0, 4), (0, 3)), ((0, 1), (0, 1), (0, 4), (0, 3)))], {0: 0})
+    jobs = job_table([TileJob(0, ((0, 1), (0, 1), (0, 4), (0, 3)), ((0, 1), (0, 1), (0, 4), (0, 3)))])
     transform = OutputTransform().resolve(np.dtype("uint8"), 3)
     out = place_reference([ycc], jobs, fill_table([]), np.zeros((1, 1, 4, 3), np.uint8), 0.0, transform, True)
     assert out.reshape(4, 3).tolist() == [[128, 128, 128], [255, 255, 255], [0, 0, 0], [254, 0, 0]]
@@ -384,7 +384,7 @@ def test_kernel_rounding_edges_match_reference(out_dtype):
                        1e-10, 65519.0, 65520.0, 3.4e38], np.float32)
     n = values.size
     base = values.reshape(1, 1, n, 1)
-    jobs = job_table([TileJob(0, ((0, 1), (0, 1), (0, n), (0, 1)), ((0, 1), (0, 1), (0, n), (0, 1)))], {0: 0})
+    jobs = job_table([TileJob(0, ((0, 1), (0, 1), (0, n), (0, 1)), ((0, 1), (0, 1), (0, n), (0, 1)))])
     fills = fill_table([((0, 1), (1, 2), (0, n), (0, 1))])
     dims = (1, 2, n, 1)
     for mean, std in ((None, None), (0.0, 1e30), (0.1, 3.0)):  # identity; subnormal products; ordinary
@@ -432,7 +432,7 @@ def test_place_refuses_bad_tables_and_dtypes():
     transform = OutputTransform().resolve(np.dtype("uint8"), 3)
     out = cupy.zeros((2, 8, 8, 3), np.uint8)  # two regions of depth 1 (zdiv=1)
     slot = cupy.zeros((2, 8, 8, 3), np.uint8)
-    good = job_table([TileJob(0, ((0, 1), (0, 8), (0, 8), (0, 3)), ((1, 2), (0, 8), (0, 8), (0, 3)))], {0: 0})
+    good = job_table([TileJob(0, ((0, 1), (0, 8), (0, 8), (0, 3)), ((1, 2), (0, 8), (0, 8), (0, 3)))])
     none = fill_table([])
     kernels.place([slot], good, none, out, 0.0, transform, False, 1)
     for column, value in ((0, 1), (2, 1), (6, 1), (8, 1), (12, 4), (1, -1), (5, 2), (5, 0)):
