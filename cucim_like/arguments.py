@@ -13,6 +13,8 @@ from .errors import InvalidArgumentError, LevelError
 
 def as_int(value: object, name: str) -> int:
     """An integer from a Python or NumPy integer; InvalidArgumentError for floats, bools, strings."""
+    if type(value) is int:  # the common case, without the ABC checks
+        return value
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral | np.integer):
         raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
     return operator.index(value)

@@ -34,6 +34,7 @@ class TileCache:
         self._item_limit = int(capacity) if capacity is not None else None
         self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._bytes = 0
+        self._seen_whole: OrderedDict[Hashable, None] = OrderedDict()
         self._lock = threading.Lock()
         self._record = bool(record_stat)
         self.hit_count = 0
@@ -77,6 +78,7 @@ class TileCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._seen_whole.clear()
             self._bytes = 0
             self.hit_count = self.miss_count = 0
 
@@ -122,6 +124,25 @@ class TileCache:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
 
+
+    def admit_whole(self, key: Hashable) -> bool:
+        """Whether a tile decoded straight into a caller's output (a frame, a chunk, a tile read whole) earns a
+        copy in the cache: on its second request while its key is still remembered, not on its first.
+
+        A tile read whole was handed over complete, so only a repeated read of it gains from a copy, and the copy
+        (fresh memory) costs more than the rest of a frame read's overhead. The keys of the last
+        ``4 * capacity`` such tiles are remembered.
+        """
+        if self.memory_capacity == 0 or self._item_limit == 0:
+            return False
+        with self._lock:
+            if key in self._seen_whole:
+                del self._seen_whole[key]
+                return True
+            self._seen_whole[key] = None
+            while len(self._seen_whole) > max(256, 4 * self.capacity):
+                self._seen_whole.popitem(last=False)
+            return False
 
     @staticmethod
     def _freeze(arr: np.ndarray) -> None:

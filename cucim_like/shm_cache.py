@@ -234,6 +234,10 @@ class SharedMemoryCache(TileCache):
             shape[: arr.ndim] = arr.shape
             self._index[slot] = (digest, pos, n, shape, arr.dtype.str.encode(), 1)
 
+    def admit_whole(self, key: Hashable) -> bool:
+        """Always: other processes may want the tile, and ``put`` copies into memory that is already mapped."""
+        return True
+
     # -- life cycle ------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Detach; the creating process also removes the segment."""

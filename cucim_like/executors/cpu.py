@@ -128,15 +128,23 @@ class _Read:
         if direct is None or arr.shape != direct.shape or not np.may_share_memory(arr, direct):
             self.place(arr, jobs, tile)  # decoded elsewhere, or a short tile decoded in place (place raises)
         if self.insert and self.cache is not None:
-            self.cache.put(self.cache_key(tile), arr.copy() if direct is not None else arr)
+            key = self.cache_key(tile)
+            if direct is None:
+                self.cache.put(key, arr)
+            elif self.cache.admit_whole(key):  # decoded into the output: copied only when read again
+                self.cache.put(key, arr.copy())
 
     def read_range(self, rng: ByteRange) -> memoryview:
-        tile = rng.tiles[0] if len(rng.tiles) == 1 else None
-        coords = tile_coords(self.level, tile) if tile is not None else None
         reader = self.readers[rng.file_id]
-        if self.zero_copy:
-            return reader.view(rng.start, rng.stop, level=self.level.index, tile=coords)
-        return memoryview(reader.read(rng.start, rng.stop, level=self.level.index, tile=coords))
+        try:
+            if self.zero_copy:
+                return reader.view(rng.start, rng.stop, level=self.level.index)
+            return memoryview(reader.read(rng.start, rng.stop, level=self.level.index))
+        except CucimLikeError as exc:
+            if len(rng.tiles) != 1 or exc.tile is not None:
+                raise
+            raise type(exc)(exc.message, path=exc.path, level=exc.level,
+                            tile=tile_coords(self.level, rng.tiles[0])) from exc
 
     def tile_bytes(self, rng: ByteRange, buf: memoryview, tile: int) -> memoryview:
         start = int(self.offsets[tile]) - rng.start
