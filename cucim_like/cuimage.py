@@ -332,7 +332,8 @@ class CuImage:
                 return read_with_target(self, target, plan, lvl, pick, squeeze, fill_value, workers,
                                          plan.out_shape[0] // extent[0], progress, cancel)
             direct = out_buf is not None and pick is None  # else read all channels, then pick
-            out = out_buf[:n].reshape(plan.out_shape) if direct else memory.empty(plan.out_shape, lvl.dtype)
+            out = (out_buf[:n].reshape(plan.out_shape) if direct
+                   else memory.empty(plan.out_shape, lvl.dtype, memory.BATCH_MMAP_THRESHOLD))
             self._run(plan, lvl, out, fill_value, workers, current_cache(), progress, cancel)
             shape = (n, *extent, *channel) if nd == 3 else (n, *extent[1:], *channel)
             if pick is None:

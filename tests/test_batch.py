@@ -62,6 +62,37 @@ def test_batches_are_independent_arrays(small_slide):
     np.testing.assert_array_equal(batches[1], _expected(levels[0], LOCS[2:4], (16, 16)))
 
 
+def _owner(arr: np.ndarray) -> object:
+    while isinstance(arr.base, np.ndarray):
+        arr = arr.base
+    owner = arr.base
+    return owner.obj if isinstance(owner, memoryview) else owner
+
+
+def test_large_batches_have_their_own_memory(small_slide):
+    """Batches of 1 MiB or more are backed by their own map (returned to the system when dropped): still
+    writable, independent arrays that NumPy, DLPack and pickle take; smaller ones come from malloc."""
+    import mmap
+    import pickle
+
+    path, levels = small_slide
+    locs = [(0, 0), (100, 50), (300, 200), (400, 10)]
+    small = next(iter(CuImage(path).read_region(locs, (16, 16), batch_size=4)))
+    assert not isinstance(_owner(small), mmap.mmap)
+    big, again = CuImage(path).read_region(locs * 2, (400, 400), batch_size=4)  # 1.92 MB each
+    assert isinstance(_owner(big), mmap.mmap) and big.flags.writeable and big.flags.c_contiguous
+    assert not np.shares_memory(big, again)
+    for i, (x, y) in enumerate(locs):
+        want = np.zeros((400, 400, 3), np.uint8)
+        h, w = min(400, 500 - y), min(400, 700 - x)
+        want[:h, :w] = levels[0][y:y + h, x:x + w]
+        np.testing.assert_array_equal(big[i], want)
+    np.testing.assert_array_equal(np.from_dlpack(big), big)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(big)), big)
+    big[:] = 1  # the caller's to change
+    np.testing.assert_array_equal(again[0][:100, :100], levels[0][:100, :100])
+
+
 def test_buf_receives_each_batch(small_slide):
     path, levels = small_slide
     buf = np.empty((2, 16, 16, 3), np.uint8)
