@@ -80,7 +80,7 @@ class BatchIterator:
         return task
 
     def _fill_queue(self) -> None:
-        pool = thread_pool(_PRODUCERS)
+        pool = thread_pool(_PRODUCERS, "batch")
         while self._submitted < len(self._batches) and len(self._queue) < self._prefetch:
             self._queue.append(pool.submit(self._task(self._submitted)))
             self._submitted += 1

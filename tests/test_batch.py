@@ -122,6 +122,25 @@ def test_tiles_shared_by_a_batch_are_decoded_once(small_slide):
     assert cache.miss_count == 1
 
 
+def test_batch_tiles_are_decoded_by_decode_threads_for_any_worker_count(small_slide):
+    """A batch's tiles are shared between its producer and the decode pool, also when the decode pool has as
+    many threads as the producer pool (decode helpers queued behind busy producers would run nothing)."""
+    CuImage.cache("no_cache")
+    names = set()
+    lock = threading.Lock()
+
+    def progress(n):
+        with lock:
+            names.add(threading.current_thread().name)
+
+    locs = [(x, y) for x in range(0, 600, 50) for y in range(0, 400, 50)]
+    for _ in CuImage(small_slide[0]).read_region(locs, (100, 100), batch_size=48, num_workers=3,
+                                                 progress=progress):
+        pass
+    assert any(name.startswith("cucim_like-batch-") for name in names)
+    assert any(name.startswith("cucim_like-decode-") for name in names)
+
+
 def test_prefetch_is_bounded(small_slide):
     CuImage.cache("no_cache")
     tiles = []

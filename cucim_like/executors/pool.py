@@ -9,21 +9,24 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
 _lock = threading.Lock()
 
 
-def thread_pool(workers: int) -> ThreadPoolExecutor:
-    """A shared pool of ``workers`` threads (created on first use, kept for the life of the process)."""
-    pool = _pools.get(workers)
+def thread_pool(workers: int, role: str = "decode") -> ThreadPoolExecutor:
+    """A shared pool of ``workers`` threads for ``role`` (created on first use, kept for the life of the
+    process). Roles never share threads: a batch producer waiting for its decode helpers must not be the
+    thread those helpers are queued on."""
+    key = (role, workers)
+    pool = _pools.get(key)
     if pool is None:
         with _lock:
-            pool = _pools.get(workers)
+            pool = _pools.get(key)
             if pool is None:
                 from concurrent.futures import ThreadPoolExecutor  # imported on first use: keeps import fast
 
-                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cucim_like-{workers}")
-                _pools[workers] = pool
+                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cucim_like-{role}-{workers}")
+                _pools[key] = pool
     return pool
 
 
