@@ -78,6 +78,18 @@ def _inflated(path: str, fh, head_end: int) -> bytes:
     return b"".join(parts)
 
 
+def _dataset_encoding(transfer_syntax: str) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) of the dataset for a transfer syntax this reader supports; None for others
+    (and for none), which pydicom's own reading handles."""
+    if transfer_syntax not in _NATIVE and transfer_syntax not in _ENCAPSULATED:
+        return None
+    if transfer_syntax == "1.2.840.10008.1.2":
+        return True, True
+    if transfer_syntax == "1.2.840.10008.1.2.2":
+        return False, False
+    return False, True  # explicit VR little endian, encapsulated syntaxes included
+
+
 def read_dataset(path: str):
     """(dataset without pixel data, position of the Pixel Data element (-1 when there is none), the first 12
     bytes there, the inflated bytes of a Deflated file or None).
@@ -99,7 +111,13 @@ def read_dataset(path: str):
                 src.seek(head_end)
                 ds = fr.read_dataset(src, is_implicit_VR=False, is_little_endian=True, stop_when=fr._at_pixel_data)
                 ds.file_meta = meta
-            else:
+            elif (encoding := _dataset_encoding(str(getattr(meta, "TransferSyntaxUID", "")))) is not None:
+                # carry on after the file meta rather than have dcmread parse it again
+                ds = fr.read_dataset(fh, is_implicit_VR=encoding[0], is_little_endian=encoding[1],
+                                     stop_when=fr._at_pixel_data, defer_size="1 MB")
+                ds.file_meta = meta
+                src = fh
+            else:  # no transfer syntax in the file meta: pydicom guesses the encoding from the first element
                 fh.seek(0)
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size="1 MB")
                 src = fh
