@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 # pool): iterators own no threads, so none can leak.
 _PRODUCERS = 2
 
-RunBatch = Callable[[np.ndarray, np.ndarray | None, threading.Event], np.ndarray]
+# (starts, caller's buf or None, cancel event, decode threads for this batch) -> batch
+RunBatch = Callable[[np.ndarray, np.ndarray | None, threading.Event, int], np.ndarray]
 
 
 class _Cancelled(Exception):
@@ -40,7 +41,8 @@ class BatchIterator:
     """
 
     def __init__(self, starts: np.ndarray, batch_size: int, drop_last: bool, prefetch_factor: int,
-                 shuffle: bool, seed: int, run_batch: RunBatch, buf: np.ndarray | None = None) -> None:
+                 shuffle: bool, seed: int, run_batch: RunBatch, buf: np.ndarray | None = None,
+                 workers: int = 1) -> None:
         self._starts = starts
         order = np.arange(len(starts))
         if shuffle:
@@ -51,6 +53,11 @@ class BatchIterator:
         self._run = run_batch
         self._buf = buf
         self._prefetch = 0 if buf is not None else prefetch_factor
+        # ``workers`` decode threads in all: shared by the batches decoded at the same time (measured with
+        # 2 workers, 2000 224² patches: one thread per batch on 2 producers 1.54 s, both threads on every
+        # batch 1.62 s, medians of 8; fewer threads, fewer hand-offs)
+        at_once = min(_PRODUCERS, self._prefetch) if self._prefetch > 0 else 1
+        self._batch_workers = max(1, workers // at_once)
         self._next = 0
         self._submitted = 0
         self._queue: deque[Future] = deque()
@@ -71,11 +78,12 @@ class BatchIterator:
     def _task(self, index: int) -> Callable[[], np.ndarray]:
         # The task holds the pieces it needs, not the iterator, so dropping the iterator collects it.
         starts, run, cancel, buf = self._starts[self._batches[index]], self._run, self._cancel, self._buf
+        workers = self._batch_workers
 
         def task() -> np.ndarray:
             if cancel.is_set():
                 raise _Cancelled
-            return run(starts, buf, cancel)
+            return run(starts, buf, cancel, workers)
 
         return task
 

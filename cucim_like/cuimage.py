@@ -325,7 +325,8 @@ class CuImage:
                 raise InvalidArgumentError(f"buf must be a writable C-contiguous array of shape {want} and dtype "
                                            f"{lvl.dtype}, got {getattr(buf, 'shape', None)}")
 
-        def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | None, cancel) -> np.ndarray:
+        def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | None, cancel, batch_workers: int
+                      ) -> np.ndarray:
             plan = plan_batch(lvl.shape, lvl.tile_shape, lvl.planes, batch_starts.tolist(), extent)
             n = len(batch_starts)
             if target is not None:
@@ -334,7 +335,7 @@ class CuImage:
             direct = out_buf is not None and pick is None  # else read all channels, then pick
             out = (out_buf[:n].reshape(plan.out_shape) if direct
                    else memory.empty(plan.out_shape, lvl.dtype, memory.BATCH_MMAP_THRESHOLD))
-            self._run(plan, lvl, out, fill_value, workers, current_cache(), progress, cancel)
+            self._run(plan, lvl, out, fill_value, batch_workers, current_cache(), progress, cancel)
             shape = (n, *extent, *channel) if nd == 3 else (n, *extent[1:], *channel)
             if pick is None:
                 return out.reshape(shape)
@@ -345,7 +346,7 @@ class CuImage:
             return out_buf[:n]
 
         return BatchIterator(starts, b, bool(drop_last), prefetch, bool(shuffle), args.as_int(seed, "seed"),
-                             run_batch, buf)
+                             run_batch, buf, workers)
 
     def _timepoint_levels(self, levels: list[Level], t: Any) -> list[Level]:
         """The levels of timepoint ``t`` (``read_region(t=...)``); ``levels`` when t is None."""

@@ -122,9 +122,8 @@ def test_tiles_shared_by_a_batch_are_decoded_once(small_slide):
     assert cache.miss_count == 1
 
 
-def test_batch_tiles_are_decoded_by_decode_threads_for_any_worker_count(small_slide):
-    """A batch's tiles are shared between its producer and the decode pool, also when the decode pool has as
-    many threads as the producer pool (decode helpers queued behind busy producers would run nothing)."""
+def _decoding_threads(path, **kwargs) -> set[str]:
+    """Names of the threads that decoded tiles of a 96-patch batched read."""
     CuImage.cache("no_cache")
     names = set()
     lock = threading.Lock()
@@ -132,13 +131,27 @@ def test_batch_tiles_are_decoded_by_decode_threads_for_any_worker_count(small_sl
     def progress(n):
         with lock:
             names.add(threading.current_thread().name)
+        time.sleep(0.001)  # slow tiles: every thread that may take part gets work, however loaded the machine
 
     locs = [(x, y) for x in range(0, 600, 50) for y in range(0, 400, 50)]
-    for _ in CuImage(small_slide[0]).read_region(locs, (100, 100), batch_size=48, num_workers=3,
-                                                 progress=progress):
+    for _ in CuImage(path).read_region(locs, (100, 100), batch_size=48, progress=progress, **kwargs):
         pass
-    assert any(name.startswith("cucim_like-batch-") for name in names)
-    assert any(name.startswith("cucim_like-decode-") for name in names)
+    return names
+
+
+def test_batches_share_the_workers_between_the_batches_decoded_at_once(small_slide):
+    """``num_workers`` threads decode in all: with two batches in flight, 2 workers mean one thread per batch
+    (no hand-offs inside a batch); 6 workers mean 3 per batch, 2 of them from the decode pool, which is not the
+    producers' pool (decode helpers queued behind busy producers would run nothing)."""
+    two = _decoding_threads(small_slide[0], num_workers=2, prefetch_factor=2)
+    assert not any(name.startswith("cucim_like-decode-") for name in two)
+    six = _decoding_threads(small_slide[0], num_workers=6, prefetch_factor=2)
+    assert any(name.startswith("cucim_like-batch-") for name in six)
+    assert any(name.startswith("cucim_like-decode-2") for name in six)
+    # nothing decoded ahead: each batch is read on the caller's thread with all the workers
+    inline = _decoding_threads(small_slide[0], num_workers=2, prefetch_factor=0)
+    assert any(name.startswith("cucim_like-decode-1") for name in inline)
+    assert not any(name.startswith("cucim_like-batch-") for name in inline)
 
 
 def test_prefetch_is_bounded(small_slide):
