@@ -175,9 +175,10 @@ def tile_table(instances: list[DicomInstance], file_ids: np.ndarray, frame_numbe
     offsets = np.zeros(frame_numbers.shape, np.int64)
     counts = np.zeros(frame_numbers.shape, np.int64)
     present = frame_numbers >= 0
-    for f in np.unique(file_ids[present]):
+    files = np.unique(file_ids[present]) if len(instances) > 1 else (0,) if present.any() else ()
+    for f in files:
         inst = instances[int(f)]
-        sel = present & (file_ids == f)
+        sel = present & (file_ids == f) if len(instances) > 1 else present
         frames = frame_numbers[sel]
         if frames.max() >= inst.frames:
             raise _error(inst, f"frame {int(frames.max())} is past NumberOfFrames {inst.frames}")
