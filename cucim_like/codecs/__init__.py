@@ -29,6 +29,7 @@ _REGISTRY: dict[str, str] = {
     "jpeg2000": "cucim_like.codecs.jpeg2000:Jpeg2000Decoder",
     "webp": "cucim_like.codecs.webp:WebpDecoder",
     "dicom-native": "cucim_like.codecs.dicom:NativeFrameDecoder",
+    "dicom-bits": "cucim_like.codecs.dicom:BitFrameDecoder",
     "jpegls": "cucim_like.codecs.dicom:JpegLsDecoder",
     "ljpeg": "cucim_like.codecs.dicom:LosslessJpegDecoder",
     "dicomrle": "cucim_like.codecs.dicom:DicomRleDecoder",

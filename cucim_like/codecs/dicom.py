@@ -106,6 +106,23 @@ class NativeFrameDecoder(Decoder):
         return arr
 
 
+class BitFrameDecoder(Decoder):
+    """1-bit frames (BitsAllocated 1): eight pixels a byte, the first in the lowest bit, unpacked to uint8
+    0/1 into ``out`` (1, rows, columns, 1)."""
+
+    def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
+        super().__init__(spec, tile_shape, dtype)
+        self._pixels = int(np.prod(tile_shape))
+        self._nbytes = -(-self._pixels // 8)
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
+        if len(data) < self._nbytes:
+            raise DecodeError(f"1-bit frame holds {len(data)} bytes, {self._nbytes} are needed")
+        packed = np.frombuffer(data, dtype=np.uint8, count=self._nbytes)
+        out[...] = np.unpackbits(packed, count=self._pixels, bitorder="little").reshape(self.tile_shape)
+        return out
+
+
 class _JpegFamilyDecoder(Decoder):
     """Frames of a JPEG-family codec decoded by one imagecodecs function into the frame: the frame header
     (``_markers``) is checked first; YBR_FULL samples are converted to RGB unless ``_stored_rgb`` says the

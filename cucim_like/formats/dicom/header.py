@@ -180,18 +180,40 @@ class DicomInstance:
         if self.rows <= 0 or self.columns <= 0 or self.samples not in (1, 3, 4) or not 0 < self.frames <= _MAX_FRAMES:
             raise CorruptFileError(f"DICOM frame geometry is invalid: {self.rows} rows x {self.columns} columns x "
                                    f"{self.samples} samples, {self.frames} frames", path=path)
-        if bits not in (8, 16, 32):
-            raise UnsupportedFormatError(f"DICOM BitsAllocated {bits} is not supported (8, 16 or 32)", path=path)
-        self.dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+        if bits not in (1, 8, 16, 32):
+            raise UnsupportedFormatError(f"DICOM BitsAllocated {bits} is not supported (1, 8, 16 or 32)",
+                                         path=path)
+        self.bits_allocated = bits
+        if bits == 1:
+            self._check_bit_frames()
+            self.dtype = np.dtype("u1")
+            self.frame_nbytes = -(-self.rows * self.columns // 8)
+        else:
+            self.dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+            self.frame_nbytes = self.rows * self.columns * self.samples * self.dtype.itemsize
         self.codec = self._codec_spec(ds)
-        self.frame_nbytes = self.rows * self.columns * self.samples * self.dtype.itemsize
         self._pixel_element(pixel_pos, pixel_head)
+
+    def _check_bit_frames(self) -> None:
+        """1-bit frames (BitsAllocated 1, e.g. segmentations): native little-endian, one sample, and in a
+        multi-frame file each frame a whole number of bytes (frames of rows x columns divisible by 8)."""
+        if _NATIVE.get(self.transfer_syntax) != "<":
+            raise UnsupportedFormatError(f"1-bit frames in transfer syntax {self.transfer_syntax} are not supported "
+                                         "(native little endian only)", path=self.path)
+        if self.samples != 1:
+            raise CorruptFileError(f"1-bit frames with {self.samples} samples per pixel", path=self.path)
+        if self.frames > 1 and (self.rows * self.columns) % 8:
+            raise UnsupportedFormatError(f"1-bit frames of {self.rows}x{self.columns} pixels do not start on byte "
+                                         "boundaries; only frames of a multiple of 8 pixels are supported",
+                                         path=self.path)
 
     # -- codec ---------------------------------------------------------------------------------------------
     def _codec_spec(self, ds) -> CodecSpec:
         ts = self.transfer_syntax
         planar = self.samples > 1 and int(ds.get("PlanarConfiguration", 0) or 0) == 1
         ybr = self.photometric in ("YBR_FULL",)
+        if self.bits_allocated == 1:
+            return CodecSpec("dicom-bits")
         if ts in _NATIVE:
             if self.photometric in ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"):
                 raise UnsupportedFormatError(f"native {self.photometric} (subsampled) frames are not supported",

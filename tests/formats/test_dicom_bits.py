@@ -1,0 +1,99 @@
+"""1-bit DICOM frames (BitsAllocated 1: segmentations, single-bit secondary capture), read against pydicom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.pixels import pack_bits  # noqa: E402
+from pydicom.uid import (  # noqa: E402
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
+
+import cucim_like  # noqa: E402
+from cucim_like import CuImage  # noqa: E402
+
+SINGLE_BIT_SC = "1.2.840.10008.5.1.4.1.1.7.1"  # Multi-frame Single Bit Secondary Capture Image Storage
+
+
+def write_bits(path: Path, frames: np.ndarray, transfer_syntax: str = ExplicitVRLittleEndian,
+               samples: int = 1) -> Path:
+    """A multi-frame 1-bit file of ``frames`` (n, rows, columns) 0/1 values, packed as DICOM packs them."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SINGLE_BIT_SC
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SINGLE_BIT_SC
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "OT"
+    n, rows, cols = frames.shape
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.PixelData = pack_bits(frames.reshape(-1))
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _frames(n: int, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((n, rows, cols)) < 0.3).astype(np.uint8)
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+@pytest.mark.parametrize(("n", "rows", "cols"), [(5, 16, 24), (3, 8, 9), (1, 7, 5)])
+def test_bit_frames_match_pydicom(tmp_path, ts, n, rows, cols):
+    frames = _frames(n, rows, cols, seed=rows)
+    path = write_bits(tmp_path / "bits.dcm", frames, ts)
+    want = pydicom.dcmread(path).pixel_array.reshape(n, rows, cols)
+    np.testing.assert_array_equal(want, frames)  # the writer packs what pydicom unpacks
+    img = CuImage(path)
+    assert img.dtype == np.uint8
+    whole = np.asarray(img.read_region())
+    np.testing.assert_array_equal(whole.reshape(n, rows, cols), want)
+    k = n // 2
+    one = np.asarray(img.read_region(location=(1, 2, k), size=(cols - 1, rows - 2, 1)))
+    np.testing.assert_array_equal(one.reshape(rows - 2, cols - 1), want[k, 2:, 1:])
+
+
+def test_bit_frames_read_through_a_batch_and_the_cache(tmp_path):
+    frames = _frames(12, 16, 16, seed=3)
+    path = write_bits(tmp_path / "bits.dcm", frames)
+    CuImage.cache("per_process", memory_capacity=4)
+    img = CuImage(path)
+    for _ in range(3):  # the whole frame read again: decoded into the output, then cached, then a hit
+        np.testing.assert_array_equal(np.asarray(img.read_region((0, 0, 7), (16, 16, 1))).reshape(16, 16),
+                                      frames[7])
+    assert CuImage.cache().hit_count >= 1
+    batch = next(iter(img.read_region([(0, 0, 1), (4, 4, 9)], (8, 8, 1), batch_size=2)))
+    np.testing.assert_array_equal(batch.reshape(2, 8, 8), np.stack([frames[1, :8, :8], frames[9, 4:12, 4:12]]))
+
+
+def test_bit_frames_off_byte_boundaries_big_endian_or_several_samples_are_refused(tmp_path):
+    with pytest.raises(cucim_like.UnsupportedFormatError, match="byte"):
+        CuImage(write_bits(tmp_path / "odd.dcm", _frames(3, 3, 5)))  # 15-pixel frames: frame 1 starts mid-byte
+    with pytest.raises(cucim_like.UnsupportedFormatError, match="little endian"):
+        CuImage(write_bits(tmp_path / "be.dcm", _frames(2, 8, 8), ExplicitVRBigEndian))
+    with pytest.raises(cucim_like.CorruptFileError, match="samples"):
+        CuImage(write_bits(tmp_path / "rgb.dcm", _frames(2, 8, 8), samples=3))
+
+
+def test_truncated_bit_frames_are_a_typed_error(tmp_path):
+    path = write_bits(tmp_path / "bits.dcm", _frames(4, 16, 16))
+    raw = path.read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(raw[:-40])  # the last frame's 32 bytes and more are gone
+    with pytest.raises(cucim_like.CorruptFileError):
+        CuImage(tmp_path / "cut.dcm").read_region()
