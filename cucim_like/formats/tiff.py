@@ -158,7 +158,9 @@ def page_layout(page, index: int, path: str) -> PageLayout:
         # tifffile drops a tag whose values lie past the end of the file (a truncated header); the default of
         # 1 bit would then be reported as unsupported rather than damaged
         raise CorruptFileError("BitsPerSample is missing or unreadable", path=path, level=index)
-    if bits not in (8, 16, 32, 64) or page.dtype is None:
+    # 12-bit JPEG tiles decode to uint16; other 12-bit (bit-packed) samples are not read
+    jpeg12 = bits == 12 and int(page.compression) == 7 and page.dtype == np.uint16
+    if (bits not in (8, 16, 32, 64) and not jpeg12) or page.dtype is None:
         raise UnsupportedFormatError(f"{bits}-bit samples are not supported", path=path, level=index)
     if height <= 0 or width <= 0 or samples <= 0:
         raise CorruptFileError(f"image size {width}x{height}x{samples} is not valid", path=path, level=index)

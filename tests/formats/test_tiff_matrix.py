@@ -298,6 +298,32 @@ def test_jpeg_tables(variant: str, layout: str, tmp_path):
     check_regions(img, ref, fill=0, tol=LOSSY_TOL, tile=step, seed=3)
 
 
+@pytest.mark.parametrize("samples", [1, 3])
+def test_jpeg_12_bit_reads_as_uint16(samples: int, tmp_path):
+    y, x = np.mgrid[0:300, 0:400]
+    planes = [(y * 10) % 4096, (x * 9) % 4096, ((x + y) * 5) % 4096][:samples]
+    image = np.stack(planes, -1).astype(np.uint16).squeeze()
+    path = tmp_path / "jpeg12.tif"
+    tifffile.imwrite(path, image, tile=(128, 128), compression="jpeg", bitspersample=12,
+                     photometric="rgb" if samples == 3 else "minisblack")
+    ref = tifffile.imread(path).reshape(300, 400, samples)
+    img = CuImage(path)
+    assert img.dtype == np.uint16
+    np.testing.assert_array_equal(np.asarray(img.read_region()).reshape(300, 400, samples), ref)
+    part = np.asarray(img.read_region((100, 50), (250, 260))).reshape(260, 250, samples)
+    want = np.zeros((260, 250, samples), np.uint16)
+    want[:250] = ref[50:300, 100:350]
+    np.testing.assert_array_equal(part, want)
+
+
+def test_twelve_bit_samples_without_jpeg_are_refused(tmp_path):
+    path = tmp_path / "packed12.tif"
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint16), bitspersample=12)  # bit-packed, uncompressed
+    assert tifffile.TiffFile(path).pages[0].bitspersample == 12
+    with pytest.raises(cucim_like.UnsupportedFormatError, match="12-bit"):
+        CuImage(path)
+
+
 # -- JPEG 2000 flavours of Aperio: 33003 (YCbCr) and 33005 (RGB) ---------------------------------------------------
 @pytest.mark.skipif(not tfx.codec_available("JPEG2K"), reason="imagecodecs was built without JPEG2K")
 def test_aperio_jpeg2000_ycbcr_33003(tmp_path):
