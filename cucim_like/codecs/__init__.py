@@ -30,6 +30,7 @@ _REGISTRY: dict[str, str] = {
     "webp": "cucim_like.codecs.webp:WebpDecoder",
     "dicom-native": "cucim_like.codecs.dicom:NativeFrameDecoder",
     "dicom-bits": "cucim_like.codecs.dicom:BitFrameDecoder",
+    "dicom-ybr422": "cucim_like.codecs.dicom:Ybr422FrameDecoder",
     "jpegls": "cucim_like.codecs.dicom:JpegLsDecoder",
     "ljpeg": "cucim_like.codecs.dicom:LosslessJpegDecoder",
     "dicomrle": "cucim_like.codecs.dicom:DicomRleDecoder",

@@ -123,6 +123,31 @@ class BitFrameDecoder(Decoder):
         return out
 
 
+class Ybr422FrameDecoder(Decoder):
+    """Native YBR_FULL_422 frames: each pair of pixels stored as Y1 Y2 Cb Cr; the chroma is repeated over the
+    pair and the frame converted to RGB into ``out`` (1, rows, columns, 3)."""
+
+    def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
+        super().__init__(spec, tile_shape, dtype)
+        self._stored = self.dtype.newbyteorder(spec.byteorder) if self.dtype.itemsize > 1 else self.dtype
+        self._values = tile_shape[1] * tile_shape[2] * 2
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
+        if len(data) < self._values * self.dtype.itemsize:
+            raise DecodeError(f"YBR_FULL_422 frame holds {len(data)} bytes, "
+                              f"{self._values * self.dtype.itemsize} are needed")
+        _, ty, tx, _ = self.tile_shape
+        pairs = np.frombuffer(data, dtype=self._stored, count=self._values).reshape(ty, tx // 2, 4)
+        ycc = out[0]
+        ycc[:, 0::2, 0] = pairs[..., 0]
+        ycc[:, 1::2, 0] = pairs[..., 1]
+        for channel, value in ((1, 2), (2, 3)):
+            ycc[:, 0::2, channel] = pairs[..., value]
+            ycc[:, 1::2, channel] = pairs[..., value]
+        ycbcr_to_rgb(ycc, ycc)
+        return out
+
+
 class _JpegFamilyDecoder(Decoder):
     """Frames of a JPEG-family codec decoded by one imagecodecs function into the frame: the frame header
     (``_markers``) is checked first; YBR_FULL samples are converted to RGB unless ``_stored_rgb`` says the

@@ -215,7 +215,15 @@ class DicomInstance:
         if self.bits_allocated == 1:
             return CodecSpec("dicom-bits")
         if ts in _NATIVE:
-            if self.photometric in ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"):
+            if self.photometric == "YBR_FULL_422":
+                # two pixels stored as Y1 Y2 Cb Cr (PS3.3 C.7.6.3.1.2): 2 values a pixel, columns even
+                if self.samples != 3 or planar or self.columns % 2:
+                    raise CorruptFileError(f"native YBR_FULL_422 needs 3 samples, PlanarConfiguration 0 and an even "
+                                           f"number of columns, not {self.samples}, {int(planar)}, {self.columns}",
+                                           path=self.path)
+                self.frame_nbytes = self.rows * self.columns * 2 * self.dtype.itemsize
+                return CodecSpec("dicom-ybr422", byteorder=_NATIVE[ts], colorspace="YCbCr")
+            if self.photometric in ("YBR_PARTIAL_422", "YBR_PARTIAL_420"):
                 raise UnsupportedFormatError(f"native {self.photometric} (subsampled) frames are not supported",
                                              path=self.path)
             return CodecSpec("dicom-native", byteorder=_NATIVE[ts], planar=planar,

@@ -1,4 +1,5 @@
-"""1-bit DICOM frames (BitsAllocated 1: segmentations, single-bit secondary capture), read against pydicom."""
+"""Native DICOM frames stored other than one value per sample: 1-bit frames (BitsAllocated 1: segmentations,
+single-bit secondary capture) and YBR_FULL_422 (two pixels as Y1 Y2 Cb Cr), read against pydicom."""
 
 from __future__ import annotations
 
@@ -97,3 +98,74 @@ def test_truncated_bit_frames_are_a_typed_error(tmp_path):
     (tmp_path / "cut.dcm").write_bytes(raw[:-40])  # the last frame's 32 bytes and more are gone
     with pytest.raises(cucim_like.CorruptFileError):
         CuImage(tmp_path / "cut.dcm").read_region()
+
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def write_ybr422(path: Path, rgb: np.ndarray, transfer_syntax: str = ExplicitVRLittleEndian,
+                 columns: int | None = None) -> tuple[Path, np.ndarray]:
+    """A native YBR_FULL_422 file from ``rgb`` (n, rows, columns, 3) uint8; returns it and the stored values
+    (n, rows, columns // 2, 4) = Y1 Y2 Cb Cr, chroma averaged over each pair."""
+    n, rows, cols, _ = rgb.shape
+    x = rgb.astype(np.float64)
+    y = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    cb = 128 - 0.168736 * x[..., 0] - 0.331264 * x[..., 1] + 0.5 * x[..., 2]
+    cr = 128 + 0.5 * x[..., 0] - 0.418688 * x[..., 1] - 0.081312 * x[..., 2]
+    stored = np.empty((n, rows, cols // 2, 4), np.float64)
+    stored[..., 0], stored[..., 1] = y[..., 0::2], y[..., 1::2]
+    stored[..., 2] = (cb[..., 0::2] + cb[..., 1::2]) / 2
+    stored[..., 3] = (cr[..., 0::2] + cr[..., 1::2]) / 2
+    stored = np.clip(np.rint(stored), 0, 255).astype(np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns or cols, n
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path, stored
+
+
+def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 in float64, for the reference (the library works in float32)."""
+    cb, cr = cb - 128.0, cr - 128.0
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], -1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_ybr_full_422_frames_match_the_stored_values_and_pydicom(tmp_path, ts):
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (3, 12, 20, 3), dtype=np.uint8)
+    path, stored = write_ybr422(tmp_path / "ybr422.dcm", rgb, ts)
+    s = stored.astype(np.float64)
+    y = np.empty((3, 12, 20))
+    y[..., 0::2], y[..., 1::2] = s[..., 0], s[..., 1]
+    cb, cr = np.repeat(s[..., 2], 2, axis=-1), np.repeat(s[..., 3], 2, axis=-1)
+    want = _ycbcr_to_rgb(y, cb, cr)
+    img = CuImage(path)
+    assert img.shape == [3, 12, 20, 3] and img.dtype == np.uint8
+    got = np.asarray(img.read_region())
+    assert np.abs(got.astype(int) - want).max() <= 1  # float32 against float64 rounding
+    part = np.asarray(img.read_region(location=(3, 2, 1), size=(15, 9, 2)))
+    np.testing.assert_array_equal(part, got[1:3, 2:11, 3:18])
+    ref = pydicom.dcmread(path).pixel_array  # pydicom converts YBR_FULL_422 to RGB
+    assert ref.shape == got.shape
+    assert np.abs(ref.astype(int) - got).max() <= 1
+
+
+def test_ybr_full_422_with_odd_columns_is_a_typed_error(tmp_path):
+    rgb = np.zeros((1, 4, 6, 3), np.uint8)
+    path, _ = write_ybr422(tmp_path / "odd.dcm", rgb, columns=5)
+    with pytest.raises(cucim_like.CorruptFileError, match="even"):
+        CuImage(path)
