@@ -166,6 +166,32 @@ def test_wsi_opening_reads_no_pixel_data(tmp_path):
     assert img._source.instances[0]._frame_table is not None
 
 
+def test_single_plane_sparse_frames_are_placed_on_first_read_not_at_open(tmp_path, monkeypatch):
+    """One optical path and one focal plane: the per-frame positions are read by the first read of the level,
+    once; opening a sparse slide does not walk its PerFrameFunctionalGroupsSequence. With several optical
+    paths they are read at open, which must know the variants."""
+    from cucim_like.formats.dicom import wsi
+
+    fx = dfx.write_wsi(tmp_path / "one", codec="native", sparse=True, missing_tiles=[(1, 0)], levels=2)
+    calls = []
+    real = wsi._Frames.add_sparse
+    monkeypatch.setattr(wsi._Frames, "add_sparse", lambda self, *a: (calls.append(a[0]), real(self, *a))[1])
+    img = CuImage(tmp_path / "one")
+    assert calls == []
+    ref, mask = fx.levels[0][(0, 0)], fx.missing_mask[0]
+    for _ in range(2):
+        got = img.read_region((0, 0), (ref.shape[1], ref.shape[0]))
+        np.testing.assert_array_equal(got[~mask], ref[~mask])
+        assert (got[mask] == img._source.default_fill).all()
+    assert len(calls) == 1  # level 0's instance, once
+    np.testing.assert_array_equal(img.read_region((0, 0), (50, 40), level=1), fx.levels[1][(0, 0)][:40, :50])
+    assert len(calls) == 2
+    calls.clear()
+    dfx.write_wsi(tmp_path / "two", codec="native", sparse=True, optical_paths=2, levels=1)
+    CuImage(tmp_path / "two")
+    assert calls  # at open
+
+
 def test_frame_index_scanned_once_per_file(tmp_path, monkeypatch):
     path = tmp_path / "ls.dcm"
     ref = dfx.write_encapsulated_multiframe(path, frames=12, codec="jpegls", offset_table="none")

@@ -135,6 +135,46 @@ class _Frames:
         return tuple(np.concatenate(c) for c in zip(*self._parts, strict=True))
 
 
+def _grids(fid_col: np.ndarray, frame_col: np.ndarray, ty_col: np.ndarray, tx_col: np.ndarray, chosen: np.ndarray,
+           down: int, across: int) -> tuple[np.ndarray, np.ndarray]:
+    """(file ids, frame numbers) per tile (1, 1, down, across) of the ``chosen`` frames; -1: no frame."""
+    sel = np.flatnonzero(chosen)[::-1]  # on duplicates the first frame wins
+    file_grid = np.zeros((1, 1, down, across), np.int64)
+    frame_grid = np.full((1, 1, down, across), -1, np.int64)
+    file_grid[0, 0, ty_col[sel], tx_col[sel]] = fid_col[sel]
+    frame_grid[0, 0, ty_col[sel], tx_col[sel]] = frame_col[sel]
+    return file_grid, frame_grid
+
+
+def _organization(inst: DicomInstance) -> str:
+    return str(inst.get("DimensionOrganizationType", "") or "").upper()
+
+
+def _single_sparse_variant(insts: list[DicomInstance]) -> tuple[str, float] | None:
+    """The one (optical path, z in um) of a level whose instances are all TILED_SPARSE and declare one optical
+    path and one focal plane, else None. Its frames then need not be read at open: with a single variant,
+    where each frame goes is only needed by the first read."""
+    paths = {tuple(_optical_paths(inst)) for inst in insts}
+    if (any(_organization(inst) != "TILED_SPARSE" for inst in insts) or len(paths) != 1
+            or len(next(iter(paths))) != 1
+            or any(int(inst.get("TotalPixelMatrixFocalPlanes", 1) or 1) != 1 for inst in insts)):
+        return None
+    return next(iter(paths))[0], round(_z_um(_first(insts[0].ds, "SharedFunctionalGroupsSequence")), 6)
+
+
+def _sparse_table(instances: list[DicomInstance], fids: tuple[int, ...], down: int, across: int,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tile table of a single-variant TILED_SPARSE level, from its frames' positions (read here, once)."""
+    frames = _Frames()
+    ref = instances[fids[0]]
+    for fid in fids:
+        frames.add_sparse(fid, instances[fid], ref.columns, ref.rows)
+    fid_col, frame_col, _, _, ty_col, tx_col = frames.columns()
+    file_grid, frame_grid = _grids(fid_col, frame_col, ty_col, tx_col, (ty_col < down) & (tx_col < across),
+                                   down, across)
+    return tile_table(instances, file_grid, frame_grid)
+
+
 class DicomWsiSource(DicomSource):
     """A DICOM WSI series opened from its instances' headers (see module docstring)."""
 
@@ -179,11 +219,19 @@ class DicomWsiSource(DicomSource):
         width, height = _matrix_size(ref)
         check_uniform(insts, f"instances of one {width} x {height} level", self.path)
         across, down = math.ceil(width / ref.columns), math.ceil(height / ref.rows)
+        key = _single_sparse_variant(insts)
+        if key is not None:
+            # one optical path and one focal plane declared: the frames' positions are read on first use
+            loader = functools.partial(_sparse_table, self.instances, tuple(fids), down, across)
+            return [key], [Level(
+                index=index, shape=(1, height, width, ref.samples), tile_shape=(1, ref.rows, ref.columns),
+                dtype=ref.dtype, downsample=downsample, codec=ref.codec, offsets=None, bytecounts=None,
+                table_loader=loader, variant=0,
+            )]
         frames = _Frames()
         seen_parts: set[tuple[str, int]] = set()
         for fid, inst in zip(fids, insts, strict=True):
-            organization = str(inst.get("DimensionOrganizationType", "") or "").upper()
-            if organization == "TILED_SPARSE":
+            if _organization(inst) == "TILED_SPARSE":
                 frames.add_sparse(fid, inst, ref.columns, ref.rows)
             else:
                 # the same concatenation part twice (a copy of a file): use it once
@@ -204,11 +252,8 @@ class DicomWsiSource(DicomSource):
         levels = []
         for variant, code in enumerate(np.unique(variant_col)):
             keys.append((path_order[int(code) // len(zs)], float(zs[int(code) % len(zs)])))
-            sel = np.flatnonzero((variant_col == code) & inside)[::-1]  # on duplicates the first frame wins
-            file_grid = np.zeros((1, 1, down, across), np.int64)
-            frame_grid = np.full((1, 1, down, across), -1, np.int64)
-            file_grid[0, 0, ty_col[sel], tx_col[sel]] = fid_col[sel]
-            frame_grid[0, 0, ty_col[sel], tx_col[sel]] = frame_col[sel]
+            file_grid, frame_grid = _grids(fid_col, frame_col, ty_col, tx_col, (variant_col == code) & inside,
+                                           down, across)
             loader = functools.partial(tile_table, self.instances, file_grid, frame_grid)
             levels.append(Level(
                 index=index, shape=(1, height, width, ref.samples), tile_shape=(1, ref.rows, ref.columns),
