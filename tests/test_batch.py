@@ -246,3 +246,82 @@ def test_batch_on_level_1_uses_level0_coordinates(small_slide):
     batches = list(CuImage(path).read_region([(100, 60), (0, 0)], (20, 10), level=1, batch_size=2))
     np.testing.assert_array_equal(batches[0][0], levels[1][30:40, 50:70])
     np.testing.assert_array_equal(batches[0][1], levels[1][0:10, 0:20])
+
+
+def _abandon_by_del(img, locs, kwargs):
+    it = img.read_region(locs, (8, 8), **kwargs)
+    next(it)
+    del it
+    gc.collect()
+
+
+def _abandon_by_exception(img, locs, kwargs):
+    class ConsumerError(Exception):
+        pass
+
+    def consume():
+        for _batch in img.read_region(locs, (8, 8), **kwargs):
+            raise ConsumerError
+
+    with pytest.raises(ConsumerError):
+        consume()
+
+
+@pytest.mark.parametrize("abandon", [_abandon_by_del, _abandon_by_exception], ids=["del-gc", "exception"])
+def test_abandoning_an_iterator_stops_its_remaining_work(small_slide, abandon):
+    """The first batch needs one tile (its 40 patches share it); the next two, decoded ahead, need 40 tiles
+    each. Abandoning the iterator after the first batch (``del`` then gc, or an exception out of the consumer's
+    ``for`` loop, which drops the loop's iterator) must stop those: with a slow progress callback (20 ms a tile)
+    far fewer than the 81 tiles of the three batches get decoded, and none after. num_workers=4 gives each
+    batch in flight two decode threads that take the tiles one at a time (see the xfail below for one thread)."""
+    CuImage.cache("no_cache")
+    tiles = []
+    lock = threading.Lock()
+
+    def progress(n):
+        with lock:
+            tiles.append(n)
+        time.sleep(0.02 * n)
+
+    first = [(1 + i, 1 + i) for i in range(40)]  # all in tile (0, 0)
+    rest = [(tx * 64 + 1, ty * 64 + 1) for ty in range(8) for tx in range(11)][1:81]  # one tile each
+    kwargs = {"batch_size": 40, "prefetch_factor": 2, "num_workers": 4, "progress": progress}
+    abandon(CuImage(small_slide[0]), first + rest, kwargs)
+    time.sleep(0.3)
+    with lock:
+        settled = sum(tiles)
+    time.sleep(0.3)
+    with lock:
+        assert sum(tiles) == settled  # nothing decoded any more
+    # the first batch's tile, and a few tiles of each prefetched batch (begun while the first one ran; slack
+    # for a loaded machine), against 81 without cancellation
+    assert 1 <= settled <= 1 + 2 * 8
+
+
+def test_abandoning_stops_a_running_batch_between_tiles_of_one_read(small_slide, monkeypatch):
+    """batch.py promises that abandoning an iterator "stops the running one between tiles". With one decode
+    thread per batch (num_workers=2, two batches in flight) the 40 tiles of a batch are read as two coalesced
+    ranges of ~20 tiles; decoding is slowed to 20 ms a tile, so work left in a range after the abandonment
+    shows as tiles still being decoded afterwards."""
+    from cucim_like.executors import cpu
+
+    CuImage.cache("no_cache")
+    decoded = []
+    original = cpu._Read.decode_place
+
+    def slow_decode_place(self, tile, data, jobs):
+        original(self, tile, data, jobs)
+        decoded.append(tile)
+        time.sleep(0.02)
+
+    monkeypatch.setattr(cpu._Read, "decode_place", slow_decode_place)
+    first = [(1 + i, 1 + i) for i in range(40)]  # all in tile (0, 0)
+    rest = [(tx * 64 + 1, ty * 64 + 1) for ty in range(8) for tx in range(11)][1:81]
+    it = CuImage(small_slide[0]).read_region(first + rest, (8, 8), batch_size=40, prefetch_factor=2, num_workers=2)
+    next(it)
+    del it
+    gc.collect()
+    time.sleep(0.1)  # a tile being decoded when the iterator went may finish
+    settled = len(decoded)
+    time.sleep(0.6)
+    assert len(decoded) == settled

@@ -150,11 +150,17 @@ class _Read:
         start = int(self.offsets[tile]) - rng.start
         return buf[start : start + int(self.lengths[tile])]
 
-    def run_range(self, rng: ByteRange, jobs_by_tile: dict[int, list[TileJob]]) -> int:
+    def run_range(self, rng: ByteRange, jobs_by_tile: dict[int, list[TileJob]],
+                  cancel: threading.Event | None = None) -> int:
+        """Read one coalesced range and decode its tiles; stops between tiles once ``cancel`` is set."""
         buf = self.read_range(rng)
+        done = 0
         for tile in rng.tiles:
+            if cancel is not None and cancel.is_set():
+                break
             self.decode_place(tile, self.tile_bytes(rng, buf, tile), jobs_by_tile[tile])
-        return len(rng.tiles)
+            done += 1
+        return done
 
 
 def flat_tile_table(level: Level, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -261,7 +267,7 @@ def execute(
 
         parallel_for(items, decode_one, workers, progress, cancel)
     else:
-        parallel_for(ranges, lambda rng: state.run_range(rng, jobs_by_tile), workers, progress, cancel)
+        parallel_for(ranges, lambda rng: state.run_range(rng, jobs_by_tile, cancel), workers, progress, cancel)
     return out
 
 
