@@ -88,18 +88,33 @@ def cmd_read(ns: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - start
         if bar is not None:
             bar.close()
+        volume = img.is_volume
     dest = Path(ns.output)
     if dest.suffix.lower() == ".npy":
         np.save(dest, out)
     elif dest.suffix.lower() == ".png":
         import imagecodecs
 
-        data = out if out.shape[2] in (3, 4) else out[..., 0]
-        dest.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(data)))
+        dest.write_bytes(imagecodecs.png_encode(_png_image(out, volume)))
     else:
         raise SystemExit(f"cucim-like read: output must end in .png or .npy, got {dest.name!r}")
     print(f"{' x '.join(str(n) for n in out.shape)} {out.dtype} in {elapsed * 1000:.1f} ms -> {dest}")
     return 0
+
+
+def _png_image(out: np.ndarray, volume: bool) -> np.ndarray:
+    """The (h, w) or (h, w, 3|4) image a PNG holds, from a read of a 2-D image (h, w[, c]) or of one slice of a
+    volume (1, h, w[, c]); SystemExit with the reason for anything else."""
+    if volume:
+        if out.shape[0] != 1:
+            raise SystemExit(f"cucim-like read: a PNG holds one slice; this region has {out.shape[0]} (give a "
+                             "depth of 1 in --size, or write .npy)")
+        out = out[0]
+    if out.ndim == 3 and out.shape[2] == 1:
+        out = out[..., 0]
+    if out.ndim == 3 and out.shape[2] not in (3, 4):
+        raise SystemExit(f"cucim-like read: a PNG holds 1, 3 or 4 channels, not {out.shape[2]} (write .npy)")
+    return np.ascontiguousarray(out)
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
