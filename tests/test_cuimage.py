@@ -198,3 +198,20 @@ def test_progress_counts_every_tile(small_slide):
     done = []
     CuImage(small_slide[0]).read_region(num_workers=2, progress=done.append)
     assert sum(done) == 8 * 11
+
+
+def test_coord_sys_of_a_dicom_volume_is_lps(tmp_path):
+    """DICOM's patient frame is LPS (x to the patient's left, y posterior, z head): ``coord_sys`` says "LPS", and
+    origin and direction are given in it as stored (ImagePositionPatient / ImageOrientationPatient), with no
+    flip of x and y as a RAS frame would need."""
+    from tests.formats import dicom_fixtures as dfx
+
+    orientation = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # sagittal: rows along +y, columns along -z, slices along -x
+    fx = dfx.write_volume_series(tmp_path / "ct", shape=(4, 12, 10), orientation=orientation,
+                                 origin=(-30.0, 12.5, 40.0))
+    with CuImage(tmp_path / "ct") as img:
+        assert img.coord_sys == "LPS"
+        assert img.metadata["cucim"]["coord_sys"] == "LPS"
+        assert img.origin == pytest.approx(fx.positions[0].tolist(), abs=1e-4)
+        np.testing.assert_allclose(np.array(img.direction), fx.direction.T, atol=1e-6)
+        assert img.spacing_units() == ["mm", "mm", "mm"]

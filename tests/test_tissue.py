@@ -73,3 +73,33 @@ def test_bad_arguments(two_island_slide, kwargs):
     call = {"size": 64, **kwargs}
     with pytest.raises(cucim_like.InvalidArgumentError):
         tissue_locations(CuImage(two_island_slide[0]), **call)
+
+
+def _grid_inside(box, size=64, width=1536, height=1024):
+    """Level-0 grid patches of ``size`` lying wholly inside ``box`` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    return {(x, y) for x in range(0, width - size + 1, size) for y in range(0, height - size + 1, size)
+            if x >= x0 and y >= y0 and x + size <= x1 and y + size <= y1}
+
+
+def test_threshold_overrides_otsu_and_a_higher_one_keeps_less(two_island_slide):
+    """HSV saturation (max - min) / max: glass at most 7/247 < 0.03, island 1 (220, 120, 170) 100/220 = 0.455,
+    island 2 (150, 80, 160) 80/160 = 0.5. Raising the threshold past each level drops exactly that tissue."""
+    path, _ = two_island_slide
+    slide = CuImage(path)
+    island1 = _grid_inside((256, 128, 768, 512))
+    island2 = _grid_inside((1000, 600, 1400, 1000))
+    assert len(island1) == 48 and len(island2) == 25
+
+    def kept(threshold, min_tissue=1.0):
+        locs = tissue_locations(slide, 64, threshold=threshold, min_tissue=min_tissue)
+        return {tuple(p) for p in locs.tolist()}
+
+    both, only2, none = kept(0.3), kept(0.48), kept(0.55)
+    assert both == island1 | island2
+    assert only2 == island2
+    assert none == set()
+    assert kept(None) == both  # Otsu falls between glass and stain
+    # a threshold below the glass's saturation takes (nearly) every pixel as tissue: with min_tissue 0.5 every
+    # grid patch qualifies
+    assert len(kept(0.0, min_tissue=0.5)) == 24 * 16
