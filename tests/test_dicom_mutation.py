@@ -36,7 +36,8 @@ REAL_FILES = [
     ("dicom-volume/SC_rgb_rle_16bit_2frame.dcm", 20),
     ("dicom-volume/dicom_test_image.dcm", 15),
 ]
-GENERATED = {"jpegls-nobot": 50, "jpeg-bot-2frag": 50, "j2k-eot": 40, "native-be": 30, "wsi-sparse": 50}
+GENERATED = {"jpegls-nobot": 50, "jpeg-bot-2frag": 50, "j2k-eot": 40, "native-be": 30, "wsi-sparse": 50,
+             "wsi-sparse-1path": 30, "bits-1": 25, "ybr-422": 25}
 SCALE = float(os.environ.get("CUCIM_LIKE_MUTATION_SCALE", "1"))
 
 _KEY_TAGS = (0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100, 0x00280103, 0x00280006, 0x00480006,
@@ -197,6 +198,15 @@ def generated_files(root: Path) -> dict[str, Path]:
     fx = dfx.write_wsi(root / "wsi", codec="jpeg2000", sparse=True, missing_tiles=[(1, 1)], optical_paths=2,
                        size=(160, 120), tile=(64, 48))
     out["wsi-sparse"] = fx.paths[0]
+    # one optical path and one focal plane: the frames' positions are read by the first read, not at open
+    fx = dfx.write_wsi(root / "wsi1", codec="native", sparse=True, missing_tiles=[(0, 1)], size=(160, 120),
+                       tile=(64, 48), levels=1)
+    out["wsi-sparse-1path"] = fx.paths[0]
+    from tests.formats.test_dicom_native_layouts import write_bits, write_ybr422
+
+    rng = np.random.default_rng(11)
+    out["bits-1"] = write_bits(root / "bits.dcm", (rng.random((6, 16, 24)) < 0.4).astype(np.uint8))
+    out["ybr-422"], _ = write_ybr422(root / "ybr422.dcm", rng.integers(0, 256, (6, 16, 24, 3), dtype=np.uint8))
     return out
 
 
@@ -223,10 +233,13 @@ def test_generated_files_read_cleanly(tmp_path):
         if name == "wsi-sparse":
             assert img.shape == [120, 160, 3] and img.optical_paths == ["0", "1"]
             continue
+        if name == "wsi-sparse-1path":
+            assert img.shape == [120, 160, 3] and img.read_region((0, 0), (160, 120)).shape == (120, 160, 3)
+            continue
         assert img.shape[0] == 6, name
         got = img.read_region()
         ref = pydicom.dcmread(path).pixel_array
-        if name.startswith("jpeg-"):
+        if name.startswith("jpeg-") or name == "ybr-422":
             assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1, name
         else:
             np.testing.assert_array_equal(got, ref, err_msg=name)

@@ -192,6 +192,29 @@ def test_single_plane_sparse_frames_are_placed_on_first_read_not_at_open(tmp_pat
     assert calls  # at open
 
 
+def test_sparse_matrix_far_larger_than_its_frames_is_refused_before_any_grid_is_made(tmp_path):
+    fx = dfx.write_wsi(tmp_path, codec="native", sparse=True, levels=1, size=(160, 120), tile=(64, 48))
+    pydicom = pytest.importorskip("pydicom")
+    ds = pydicom.dcmread(fx.paths[0])
+    ds.TotalPixelMatrixRows = 2**31 - 1  # 44.7 million tile rows for 9 frames: dense tables of gigabytes
+    ds.save_as(fx.paths[0])
+    with pytest.raises(CorruptFileError, match="tiles for"):
+        CuImage(fx.paths[0])
+
+
+def test_damaged_per_frame_position_is_a_typed_error_on_first_read(tmp_path):
+    fx = dfx.write_wsi(tmp_path, codec="native", sparse=True, levels=1, size=(160, 120), tile=(64, 48))
+    pydicom = pytest.importorskip("pydicom")
+    ds = pydicom.dcmread(fx.paths[0])
+    ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSlideSequence[0].ColumnPositionInTotalImagePixelMatrix = [
+        1, 65]  # two values where one is allowed
+    ds.save_as(fx.paths[0])
+    img = CuImage(fx.paths[0])  # one optical path, one focal plane: positions are read by the first read
+    with pytest.raises(CorruptFileError, match="per-frame") as info:
+        img.read_region((0, 0), (64, 48))
+    assert info.value.path is not None
+
+
 def test_frame_index_scanned_once_per_file(tmp_path, monkeypatch):
     path = tmp_path / "ls.dcm"
     ref = dfx.write_encapsulated_multiframe(path, frames=12, codec="jpegls", offset_table="none")

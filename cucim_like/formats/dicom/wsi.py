@@ -14,12 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import CorruptFileError, UnsupportedFormatError
+from ...errors import CorruptFileError, CucimLikeError, UnsupportedFormatError
 from ..base import AssociatedImage, Level
 from .frames import tile_table
 from .header import DicomInstance, DicomSource, check_uniform
 
 _ASSOCIATED = {"LABEL": "label", "OVERVIEW": "macro", "THUMBNAIL": "thumbnail"}
+# Bounds on a level's tile grid, whose tables are dense arrays: at most 2**25 tiles (a 200,000-pixel-square
+# level in 64-pixel tiles has 9.8 million), and at most 4096 tiles per stored frame (a sparse slide covering
+# 1/4096 of its matrix)
+_MAX_GRID_TILES = 1 << 25
+_TILES_PER_FRAME = 4096
 
 
 def _first(seq_owner, keyword: str):
@@ -100,6 +105,17 @@ class _Frames:
                             np.round(z0 + zi * dz, 6), ty, tx))
 
     def add_sparse(self, fid: int, inst: DicomInstance, tile_w: int, tile_h: int) -> None:
+        """Add the frames of a TILED_SPARSE instance from their per-frame positions. Runs at open, or on the
+        level's first read: a damaged value (pydicom converts them on access) is a CorruptFileError."""
+        try:
+            self._add_sparse(fid, inst, tile_w, tile_h)
+        except CucimLikeError:
+            raise
+        except Exception as exc:
+            raise CorruptFileError(f"per-frame functional groups are damaged: {type(exc).__name__}: {exc}",
+                                   path=inst.path) from exc
+
+    def _add_sparse(self, fid: int, inst: DicomInstance, tile_w: int, tile_h: int) -> None:
         per_frame = inst.get("PerFrameFunctionalGroupsSequence")
         if per_frame is None or len(per_frame) != inst.frames:
             raise CorruptFileError("TILED_SPARSE instance needs one PerFrameFunctionalGroupsSequence item per "
@@ -219,6 +235,11 @@ class DicomWsiSource(DicomSource):
         width, height = _matrix_size(ref)
         check_uniform(insts, f"instances of one {width} x {height} level", self.path)
         across, down = math.ceil(width / ref.columns), math.ceil(height / ref.rows)
+        frames_here = sum(inst.frames for inst in insts)
+        if across * down > min(_MAX_GRID_TILES, max(1 << 16, _TILES_PER_FRAME * frames_here)):
+            # tile tables are dense over the grid: a matrix size from a damaged header must not size them
+            raise CorruptFileError(f"TotalPixelMatrix {width} x {height} in frames of {ref.columns} x {ref.rows} "
+                                   f"makes {across * down} tiles for {frames_here} frames", path=ref.path)
         key = _single_sparse_variant(insts)
         if key is not None:
             # one optical path and one focal plane declared: the frames' positions are read on first use
