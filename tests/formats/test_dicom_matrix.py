@@ -167,15 +167,15 @@ def test_wsi_opening_reads_no_pixel_data(tmp_path):
 
 
 def test_single_plane_sparse_frames_are_placed_on_first_read_not_at_open(tmp_path, monkeypatch):
-    """One optical path and one focal plane: the per-frame positions are read by the first read of the level,
-    once; opening a sparse slide does not walk its PerFrameFunctionalGroupsSequence. With several optical
-    paths they are read at open, which must know the variants."""
+    """One focal plane: the per-frame positions are read by the first read of the level, once for all its
+    optical paths; opening a sparse slide does not walk its PerFrameFunctionalGroupsSequence. With several
+    focal planes they are read at open, which must know the planes' positions."""
     from cucim_like.formats.dicom import wsi
 
-    fx = dfx.write_wsi(tmp_path / "one", codec="native", sparse=True, missing_tiles=[(1, 0)], levels=2)
     calls = []
     real = wsi._Frames.add_sparse
     monkeypatch.setattr(wsi._Frames, "add_sparse", lambda self, *a: (calls.append(a[0]), real(self, *a))[1])
+    fx = dfx.write_wsi(tmp_path / "one", codec="native", sparse=True, missing_tiles=[(1, 0)], levels=2)
     img = CuImage(tmp_path / "one")
     assert calls == []
     ref, mask = fx.levels[0][(0, 0)], fx.missing_mask[0]
@@ -186,10 +186,31 @@ def test_single_plane_sparse_frames_are_placed_on_first_read_not_at_open(tmp_pat
     assert len(calls) == 1  # level 0's instance, once
     np.testing.assert_array_equal(img.read_region((0, 0), (50, 40), level=1), fx.levels[1][(0, 0)][:40, :50])
     assert len(calls) == 2
+
     calls.clear()
-    dfx.write_wsi(tmp_path / "two", codec="native", sparse=True, optical_paths=2, levels=1)
-    CuImage(tmp_path / "two")
+    fx = dfx.write_wsi(tmp_path / "paths", codec="native", sparse=True, optical_paths=2, levels=1)
+    img = CuImage(tmp_path / "paths")
+    assert calls == [] and img.optical_paths == ["0", "1"]
+    for p in (0, 1):
+        ref = fx.levels[0][(p, 0)]
+        np.testing.assert_array_equal(img.read_region((0, 0), (ref.shape[1], ref.shape[0]), optical_path=p), ref)
+    assert len(calls) == 1  # the positions of both paths' frames, read once
+
+    calls.clear()
+    dfx.write_wsi(tmp_path / "planes", codec="native", sparse=True, focal_planes=2, levels=1)
+    CuImage(tmp_path / "planes")
     assert calls  # at open
+
+
+def test_sparse_frame_naming_an_undeclared_optical_path_is_a_typed_error(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    fx = dfx.write_wsi(tmp_path, codec="native", sparse=True, optical_paths=2, levels=1)
+    ds = pydicom.dcmread(fx.paths[0])
+    ds.PerFrameFunctionalGroupsSequence[3].OpticalPathIdentificationSequence[0].OpticalPathIdentifier = "9"
+    ds.save_as(fx.paths[0])
+    img = CuImage(fx.paths[0])
+    with pytest.raises(CorruptFileError, match="'9'"):
+        img.read_region((0, 0), (32, 32), optical_path=1)
 
 
 def test_sparse_matrix_far_larger_than_its_frames_is_refused_before_any_grid_is_made(tmp_path):

@@ -166,28 +166,41 @@ def _organization(inst: DicomInstance) -> str:
     return str(inst.get("DimensionOrganizationType", "") or "").upper()
 
 
-def _single_sparse_variant(insts: list[DicomInstance]) -> tuple[str, float] | None:
-    """The one (optical path, z in um) of a level whose instances are all TILED_SPARSE and declare one optical
-    path and one focal plane, else None. Its frames then need not be read at open: with a single variant,
-    where each frame goes is only needed by the first read."""
-    paths = {tuple(_optical_paths(inst)) for inst in insts}
-    if (any(_organization(inst) != "TILED_SPARSE" for inst in insts) or len(paths) != 1
-            or len(next(iter(paths))) != 1
+def _lazy_sparse_keys(insts: list[DicomInstance]) -> list[tuple[str, float]] | None:
+    """The variants (optical path, z in um) of a level whose instances are all TILED_SPARSE with one focal
+    plane: one per declared optical path, z from the shared functional groups. None for other levels.
+
+    Such a level's frames need not be read at open: the variants are known from the header, and where each
+    frame goes is only needed by the first read.
+    """
+    if (any(_organization(inst) != "TILED_SPARSE" for inst in insts)
             or any(int(inst.get("TotalPixelMatrixFocalPlanes", 1) or 1) != 1 for inst in insts)):
         return None
-    return next(iter(paths))[0], round(_z_um(_first(insts[0].ds, "SharedFunctionalGroupsSequence")), 6)
+    declared = list(dict.fromkeys(pid for inst in insts for pid in _optical_paths(inst)))
+    z = round(_z_um(_first(insts[0].ds, "SharedFunctionalGroupsSequence")), 6)
+    return [(pid, z) for pid in declared]
 
 
 def _sparse_table(instances: list[DicomInstance], fids: tuple[int, ...], down: int, across: int,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tile table of a single-variant TILED_SPARSE level, from its frames' positions (read here, once)."""
-    frames = _Frames()
-    ref = instances[fids[0]]
-    for fid in fids:
-        frames.add_sparse(fid, instances[fid], ref.columns, ref.rows)
-    fid_col, frame_col, _, _, ty_col, tx_col = frames.columns()
-    file_grid, frame_grid = _grids(fid_col, frame_col, ty_col, tx_col, (ty_col < down) & (tx_col < across),
-                                   down, across)
+                  paths: tuple[str, ...], path: str, memo: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tile table of optical path ``path`` of a lazily read TILED_SPARSE level (declared ``paths``). The
+    frames' positions are read once per level (``memo`` is shared by its variants; loaders run under the
+    levels' table lock). With one declared path every frame belongs to it."""
+    if "columns" not in memo:
+        frames = _Frames()
+        ref = instances[fids[0]]
+        for fid in fids:
+            frames.add_sparse(fid, instances[fid], ref.columns, ref.rows)
+        undeclared = [pid for pid in frames.paths if pid not in paths]
+        if len(paths) > 1 and undeclared:
+            raise CorruptFileError(f"frames name optical path {undeclared[0]!r}, which the file does not declare "
+                                   f"(it declares {list(paths)})", path=ref.path)
+        memo["columns"], memo["paths"] = frames.columns(), frames.paths
+    fid_col, frame_col, path_col, _, ty_col, tx_col = memo["columns"]
+    chosen = (ty_col < down) & (tx_col < across)
+    if len(paths) > 1:
+        chosen &= path_col == (memo["paths"].index(path) if path in memo["paths"] else -1)
+    file_grid, frame_grid = _grids(fid_col, frame_col, ty_col, tx_col, chosen, down, across)
     return tile_table(instances, file_grid, frame_grid)
 
 
@@ -240,15 +253,18 @@ class DicomWsiSource(DicomSource):
             # tile tables are dense over the grid: a matrix size from a damaged header must not size them
             raise CorruptFileError(f"TotalPixelMatrix {width} x {height} in frames of {ref.columns} x {ref.rows} "
                                    f"makes {across * down} tiles for {frames_here} frames", path=ref.path)
-        key = _single_sparse_variant(insts)
-        if key is not None:
-            # one optical path and one focal plane declared: the frames' positions are read on first use
-            loader = functools.partial(_sparse_table, self.instances, tuple(fids), down, across)
-            return [key], [Level(
+        lazy_keys = _lazy_sparse_keys(insts)
+        if lazy_keys is not None:
+            # sparse, one focal plane: the frames' positions are read on the level's first read
+            memo: dict = {}
+            paths = tuple(k[0] for k in lazy_keys)
+            return lazy_keys, [Level(
                 index=index, shape=(1, height, width, ref.samples), tile_shape=(1, ref.rows, ref.columns),
                 dtype=ref.dtype, downsample=downsample, codec=ref.codec, offsets=None, bytecounts=None,
-                table_loader=loader, variant=0,
-            )]
+                table_loader=functools.partial(_sparse_table, self.instances, tuple(fids), down, across, paths,
+                                               key[0], memo),
+                variant=variant,
+            ) for variant, key in enumerate(lazy_keys)]
         frames = _Frames()
         seen_parts: set[tuple[str, int]] = set()
         for fid, inst in zip(fids, insts, strict=True):
