@@ -124,7 +124,6 @@ class TileCache:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
 
-
     def admit_whole(self, key: Hashable) -> bool:
         """Whether a tile decoded straight into a caller's output (a frame, a chunk, a tile read whole) earns a
         copy in the cache: on its second request while its key is still remembered, not on its first.

@@ -273,7 +273,7 @@ def test_abandoning_an_iterator_stops_its_remaining_work(small_slide, abandon):
     each. Abandoning the iterator after the first batch (``del`` then gc, or an exception out of the consumer's
     ``for`` loop, which drops the loop's iterator) must stop those: with a slow progress callback (20 ms a tile)
     far fewer than the 81 tiles of the three batches get decoded, and none after. num_workers=4 gives each
-    batch in flight two decode threads that take the tiles one at a time (see the xfail below for one thread)."""
+    batch in flight two decode threads that take the tiles one at a time (the next test covers one thread)."""
     CuImage.cache("no_cache")
     tiles = []
     lock = threading.Lock()

@@ -26,21 +26,27 @@ from cucim_like import CuImage  # noqa: E402
 SINGLE_BIT_SC = "1.2.840.10008.5.1.4.1.1.7.1"  # Multi-frame Single Bit Secondary Capture Image Storage
 
 
-def write_bits(path: Path, frames: np.ndarray, transfer_syntax: str = ExplicitVRLittleEndian,
-               samples: int = 1) -> Path:
-    """A multi-frame 1-bit file of ``frames`` (n, rows, columns) 0/1 values, packed as DICOM packs them."""
+def _capture_dataset(sop_class: str, transfer_syntax: str, frames: int, rows: int, columns: int) -> Dataset:
+    """A secondary-capture dataset with its file meta, UIDs and frame geometry; pixel attributes are the
+    caller's."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SINGLE_BIT_SC
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = transfer_syntax
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID = SINGLE_BIT_SC
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality = "OT"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    return ds
+
+
+def write_bits(path: Path, frames: np.ndarray, transfer_syntax: str = ExplicitVRLittleEndian,
+               samples: int = 1) -> Path:
+    """A multi-frame 1-bit file of ``frames`` (n, rows, columns) 0/1 values, packed as DICOM packs them."""
     n, rows, cols = frames.shape
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
+    ds = _capture_dataset(SINGLE_BIT_SC, transfer_syntax, n, rows, cols)
     ds.SamplesPerPixel = samples
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
@@ -117,16 +123,7 @@ def write_ybr422(path: Path, rgb: np.ndarray, transfer_syntax: str = ExplicitVRL
     stored[..., 2] = (cb[..., 0::2] + cb[..., 1::2]) / 2
     stored[..., 3] = (cr[..., 0::2] + cr[..., 1::2]) / 2
     stored = np.clip(np.rint(stored), 0, 255).astype(np.uint8)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns or cols, n
+    ds = _capture_dataset(SECONDARY_CAPTURE, transfer_syntax, n, rows, columns or cols)
     ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

@@ -175,10 +175,11 @@ def tile_table(instances: list[DicomInstance], file_ids: np.ndarray, frame_numbe
     offsets = np.zeros(frame_numbers.shape, np.int64)
     counts = np.zeros(frame_numbers.shape, np.int64)
     present = frame_numbers >= 0
-    files = np.unique(file_ids[present]) if len(instances) > 1 else (0,) if present.any() else ()
-    for f in files:
+    ids = file_ids[present]
+    one_file = ids.size > 0 and bool((ids == ids[0]).all())  # the usual level: no sort, no mask per file
+    for f in (ids[:1] if one_file else np.unique(ids)):
         inst = instances[int(f)]
-        sel = present & (file_ids == f) if len(instances) > 1 else present
+        sel = present if one_file else present & (file_ids == f)
         frames = frame_numbers[sel]
         if frames.max() >= inst.frames:
             raise _error(inst, f"frame {int(frames.max())} is past NumberOfFrames {inst.frames}")

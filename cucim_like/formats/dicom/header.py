@@ -19,9 +19,10 @@ from ..base import CodecSpec, ImageSource
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 DEFLATED = "1.2.840.10008.1.2.1.99"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 # transfer syntax -> (codec, byte order of native samples)
-_NATIVE = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">", DEFLATED: "<"}
+_NATIVE = {IMPLICIT_VR_LE: "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">", DEFLATED: "<"}
 _ENCAPSULATED = {
     "1.2.840.10008.1.2.4.50": "jpeg",  # baseline
     "1.2.840.10008.1.2.4.51": "jpeg",  # extended (12-bit)
@@ -83,11 +84,8 @@ def _dataset_encoding(transfer_syntax: str) -> tuple[bool, bool] | None:
     (and for none), which pydicom's own reading handles."""
     if transfer_syntax not in _NATIVE and transfer_syntax not in _ENCAPSULATED:
         return None
-    if transfer_syntax == "1.2.840.10008.1.2":
-        return True, True
-    if transfer_syntax == "1.2.840.10008.1.2.2":
-        return False, False
-    return False, True  # explicit VR little endian, encapsulated syntaxes included
+    # encapsulated syntaxes are explicit VR little endian
+    return transfer_syntax == IMPLICIT_VR_LE, _NATIVE.get(transfer_syntax, "<") == "<"
 
 
 def read_dataset(path: str):
@@ -165,7 +163,7 @@ class DicomInstance:
         path = self.path
         ds, pixel_pos, pixel_head, self.inflated = read_dataset(path)
         self.ds = ds
-        self.transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+        self.transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or IMPLICIT_VR_LE)
         if self.inflated is not None:
             self.file_size = len(self.inflated)
         self.sop_class = str(ds.get("SOPClassUID", ""))
@@ -186,13 +184,19 @@ class DicomInstance:
         self.bits_allocated = bits
         if bits == 1:
             self._check_bit_frames()
-            self.dtype = np.dtype("u1")
-            self.frame_nbytes = -(-self.rows * self.columns // 8)
-        else:
-            self.dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
-            self.frame_nbytes = self.rows * self.columns * self.samples * self.dtype.itemsize
+        self.dtype = np.dtype("u1") if bits == 1 else np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
         self.codec = self._codec_spec(ds)
+        self.frame_nbytes = self._frame_nbytes()
         self._pixel_element(pixel_pos, pixel_head)
+
+    def _frame_nbytes(self) -> int:
+        """Bytes of one native frame: 1-bit frames are packed 8 pixels a byte, YBR_FULL_422 stores 2 values a
+        pixel, every other layout rows x columns x samples values."""
+        pixels = self.rows * self.columns
+        if self.codec.name == "dicom-bits":
+            return -(-pixels // 8)
+        values = 2 if self.codec.name == "dicom-ybr422" else self.samples
+        return pixels * values * self.dtype.itemsize
 
     def _check_bit_frames(self) -> None:
         """1-bit frames (BitsAllocated 1, e.g. segmentations): native little-endian, one sample, and in a
@@ -221,7 +225,6 @@ class DicomInstance:
                     raise CorruptFileError(f"native YBR_FULL_422 needs 3 samples, PlanarConfiguration 0 and an even "
                                            f"number of columns, not {self.samples}, {int(planar)}, {self.columns}",
                                            path=self.path)
-                self.frame_nbytes = self.rows * self.columns * 2 * self.dtype.itemsize
                 return CodecSpec("dicom-ybr422", byteorder=_NATIVE[ts], colorspace="YCbCr")
             if self.photometric in ("YBR_PARTIAL_422", "YBR_PARTIAL_420"):
                 raise UnsupportedFormatError(f"native {self.photometric} (subsampled) frames are not supported",
@@ -249,7 +252,7 @@ class DicomInstance:
         if pos < 0:
             raise UnsupportedFormatError("DICOM file has no pixel data", path=self.path)
         little = self.transfer_syntax != "1.2.840.10008.1.2.2"
-        implicit = self.transfer_syntax == "1.2.840.10008.1.2"
+        implicit = self.transfer_syntax == IMPLICIT_VR_LE
         e = "<" if little else ">"
         if len(head) < 8:
             raise CorruptFileError("DICOM file ends inside the Pixel Data element header", path=self.path)
