@@ -232,3 +232,17 @@ def test_peak_memory_of_one_jpeg2000_frame(large_jpeg2000, tmp_path):
     if _pydicom_decodes(dfx.TRANSFER_SYNTAX["jpeg2000"]):
         np.testing.assert_array_equal(out[0], pydicom.pixels.pixel_array(path, index=300))
     assert peak <= out.nbytes + _SLACK, f"reading one 8 KiB frame peaked at {peak / 2**20:.2f} MiB"
+
+
+def test_enhanced_volume_whose_per_frame_groups_exceed_1_mb_is_ordered_by_them(tmp_path):
+    """The header parse leaves elements over 1 MB on disk; they must still be read (they were taken as absent,
+    and the frames silently kept in stored order)."""
+    fx = dfx.write_enhanced_volume(tmp_path / "v.dcm", shape=(6600, 2, 2))
+    from cucim_like.formats.dicom.header import DicomInstance
+
+    raw = DicomInstance(str(tmp_path / "v.dcm")).ds.get_item("PerFrameFunctionalGroupsSequence", keep_deferred=True)
+    assert raw.value is None  # deferred by the header parse
+    assert list(fx.frame_order) != sorted(fx.frame_order)  # stored order is not slice order
+    img = CuImage(tmp_path / "v.dcm")
+    np.testing.assert_array_equal(img.read_region(), fx.volume)
+    np.testing.assert_array_equal(img.read_region((0, 0, 3000), (2, 2, 5)), fx.volume[3000:3005])

@@ -113,7 +113,9 @@ def read_dataset(path: str):
                 # carry on after the file meta rather than have dcmread parse it again
                 ds = fr.read_dataset(fh, is_implicit_VR=encoding[0], is_little_endian=encoding[1],
                                      stop_when=fr._at_pixel_data, defer_size="1 MB")
-                ds.file_meta = meta
+                # a FileDataset knows its file, so elements over 1 MB (left on disk) are read on access
+                ds = pydicom.dataset.FileDataset(path, ds, file_meta=meta, is_implicit_VR=encoding[0],
+                                                 is_little_endian=encoding[1])
                 src = fh
             else:  # no transfer syntax in the file meta: pydicom guesses the encoding from the first element
                 fh.seek(0)
