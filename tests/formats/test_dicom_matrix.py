@@ -168,8 +168,7 @@ def test_wsi_opening_reads_no_pixel_data(tmp_path):
 
 def test_single_plane_sparse_frames_are_placed_on_first_read_not_at_open(tmp_path, monkeypatch):
     """One focal plane: the per-frame positions are read by the first read of the level, once for all its
-    optical paths; opening a sparse slide does not walk its PerFrameFunctionalGroupsSequence. With several
-    focal planes they are read at open, which must know the planes' positions."""
+    optical paths; opening a sparse slide does not walk its PerFrameFunctionalGroupsSequence."""
     from cucim_like.formats.dicom import wsi
 
     calls = []
@@ -196,10 +195,64 @@ def test_single_plane_sparse_frames_are_placed_on_first_read_not_at_open(tmp_pat
         np.testing.assert_array_equal(img.read_region((0, 0), (ref.shape[1], ref.shape[0]), optical_path=p), ref)
     assert len(calls) == 1  # the positions of both paths' frames, read once
 
-    calls.clear()
-    dfx.write_wsi(tmp_path / "planes", codec="native", sparse=True, focal_planes=2, levels=1)
-    CuImage(tmp_path / "planes")
+
+
+@pytest.mark.parametrize("codec, big_endian", [("native", False), ("implicit", False), ("native", True),
+                                               ("jpegls", False)])
+def test_sparse_focal_planes_are_found_by_a_scan_and_frames_placed_on_first_read(tmp_path, monkeypatch, codec,
+                                                                                 big_endian):
+    """Several focal planes: opening finds the planes by scanning the per-frame groups' bytes (any dataset
+    encoding), without walking the parsed items; the first read places every frame, once for all variants."""
+    from cucim_like.formats.dicom import wsi
+
+    calls = []
+    real = wsi._Frames.add_sparse
+    monkeypatch.setattr(wsi._Frames, "add_sparse", lambda self, *a: (calls.append(a[0]), real(self, *a))[1])
+    fx = dfx.write_wsi(tmp_path, codec=codec, big_endian=big_endian, sparse=True, focal_planes=3, optical_paths=2,
+                       levels=1, samples=1 if codec == "jpegls" else 3, missing_tiles=[(2, 1)])
+    img = CuImage(tmp_path)
+    assert calls == []
+    assert img.optical_paths == ["0", "1"] and len(img.focal_planes) == 3
+    mask = fx.missing_mask[0]
+    for (p, z), ref in fx.levels[0].items():
+        got = img.read_region((0, 0), (ref.shape[1], ref.shape[0]), optical_path=p, focal_plane=z)
+        np.testing.assert_array_equal(got[~mask], ref[~mask])
+    assert len(calls) == 1
+
+
+def test_sparse_focal_planes_the_scan_cannot_settle_are_read_at_open(tmp_path, monkeypatch):
+    """TotalPixelMatrixFocalPlanes disagreeing with the planes the frames name: the positions are parsed at
+    open, as for any other layout, and the frames' own planes are offered."""
+    pydicom = pytest.importorskip("pydicom")
+    from cucim_like.formats.dicom import wsi
+
+    fx = dfx.write_wsi(tmp_path, codec="native", sparse=True, focal_planes=2, levels=1)
+    ds = pydicom.dcmread(fx.paths[0])
+    ds.TotalPixelMatrixFocalPlanes = 3
+    ds.save_as(fx.paths[0])
+    calls = []
+    real = wsi._Frames.add_sparse
+    monkeypatch.setattr(wsi._Frames, "add_sparse", lambda self, *a: (calls.append(a[0]), real(self, *a))[1])
+    img = CuImage(fx.paths[0])
     assert calls  # at open
+    assert len(img.focal_planes) == 2
+    for (_, z), ref in fx.levels[0].items():
+        np.testing.assert_array_equal(img.read_region((0, 0), (ref.shape[1], ref.shape[0]), focal_plane=z), ref)
+
+
+def test_frame_off_the_scanned_focal_planes_is_a_typed_error_on_first_read(tmp_path, monkeypatch):
+    from cucim_like.formats.dicom import header
+
+    fx = dfx.write_wsi(tmp_path, codec="native", sparse=True, focal_planes=2, levels=1)
+    real = header.DicomInstance.scan_values
+    # a scan fooled by bytes elsewhere: it finds the right count, but one plane the frames do not use
+    monkeypatch.setattr(header.DicomInstance, "scan_values",
+                        lambda self, *a: [b"7.5" if v != b"0.0 " else v for v in real(self, *a)])
+    img = CuImage(fx.paths[0])
+    assert 7.5 in img.focal_planes
+    with pytest.raises(CorruptFileError, match="not on the focal planes") as info:
+        img.read_region((0, 0), (32, 32))
+    assert info.value.path is not None
 
 
 def test_sparse_frame_naming_an_undeclared_optical_path_is_a_typed_error(tmp_path):
@@ -437,3 +490,20 @@ def test_icc_profile_exposed(tmp_path):
     img = CuImage(tmp_path)
     assert img.icc_profile == profile
     assert img.metadata["dicom"]["has_icc_profile"] is True
+
+
+def test_sparse_focal_planes_of_a_deferred_per_frame_sequence_are_scanned_from_the_file(tmp_path, monkeypatch):
+    """Per-frame groups over 1 MB are left on disk by the header parse; the scan reads their bytes."""
+    from cucim_like.formats.dicom import wsi
+    from cucim_like.formats.dicom.header import DicomInstance
+
+    fx = dfx.write_wsi(tmp_path, codec="native", sparse=True, focal_planes=2, levels=1, size=(576, 512), tile=(8, 8))
+    raw = DicomInstance(str(fx.paths[0])).ds.get_item("PerFrameFunctionalGroupsSequence", keep_deferred=True)
+    assert raw.value is None  # deferred: this test reaches the file-reading branch
+    calls = []
+    real = wsi._Frames.add_sparse
+    monkeypatch.setattr(wsi._Frames, "add_sparse", lambda self, *a: (calls.append(a[0]), real(self, *a))[1])
+    img = CuImage(fx.paths[0])
+    assert calls == [] and len(img.focal_planes) == 2
+    for (_, z), ref in fx.levels[0].items():
+        np.testing.assert_array_equal(img.read_region((100, 60), (90, 70), focal_plane=z), ref[60:130, 100:190])

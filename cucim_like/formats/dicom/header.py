@@ -134,6 +134,12 @@ def read_dataset(path: str):
     return ds, (pos if head else -1), head, inflated
 
 
+def _explicit_vr(tag: int) -> bytes:
+    from pydicom.datadict import dictionary_VR
+
+    return dictionary_VR(tag).encode("ascii")
+
+
 def _int(ds, keyword: str, default: int | None = None, *, path: str) -> int:
     value = ds.get(keyword, default)
     if value is None or value == "":
@@ -321,6 +327,54 @@ class DicomInstance:
 
     def get(self, keyword: str, default: Any = None) -> Any:
         return self.ds.get(keyword, default)
+
+    def scan_values(self, sequence: str, tag: int) -> list[bytes] | None:
+        """The values of every element ``tag`` (of a VR with a 2-byte length in explicit VR, such as DS) inside
+        the sequence ``sequence``, found by scanning the sequence's encoded bytes instead of parsing its items
+        (which takes seconds for the per-frame groups of a large slide).
+
+        None when the sequence is absent, already parsed or not available as bytes, or holds a value that
+        ends past its bytes. Bytes inside other values could look like ``tag``: callers check what they get
+        (counts, values) and verify against the parsed items later.
+        """
+        from pydicom.datadict import tag_for_keyword
+        from pydicom.dataelem import RawDataElement
+
+        seq_tag = tag_for_keyword(sequence)
+        raw = self.ds.get_item(seq_tag, keep_deferred=True) if seq_tag is not None else None
+        if not isinstance(raw, RawDataElement):
+            return None
+        data = raw.value
+        if data is None and self.inflated is None and raw.value_tell and 0 < raw.length <= self.file_size:
+            try:
+                with open(self.path, "rb") as fh:  # a large sequence is deferred: read its bytes
+                    fh.seek(raw.value_tell)
+                    data = fh.read(raw.length)
+            except OSError:
+                return None
+        if not isinstance(data, bytes):
+            return None
+        implicit, little = self.ds.original_encoding
+        group, element = tag >> 16, tag & 0xFFFF
+        order = "<" if little else ">"
+        marker = struct.pack(f"{order}HH", group, element)
+        if implicit:  # tag, 4-byte length
+            length_at, length_format = 4, f"{order}I"
+        else:  # tag, VR, 2-byte length
+            marker += _explicit_vr(tag)
+            length_at, length_format = 6, f"{order}H"
+        values = []
+        pos = data.find(marker)
+        while pos >= 0:
+            if pos + 8 > len(data):
+                return None
+            (length,) = struct.unpack_from(length_format, data, pos + length_at)
+            end = pos + 8 + length
+            if end > len(data):
+                return None
+            values.append(data[pos + 8 : end])
+            pos = data.find(marker, end)
+        return values
 
 
 def check_uniform(instances: list[DicomInstance], what: str, path: str) -> None:

@@ -166,40 +166,79 @@ def _organization(inst: DicomInstance) -> str:
     return str(inst.get("DimensionOrganizationType", "") or "").upper()
 
 
-def _lazy_sparse_keys(insts: list[DicomInstance]) -> list[tuple[str, float]] | None:
-    """The variants (optical path, z in um) of a level whose instances are all TILED_SPARSE with one focal
-    plane: one per declared optical path, z from the shared functional groups. None for other levels.
+_Z_OFFSET = 0x0040074A  # ZOffsetInSlideCoordinateSystem
 
-    Such a level's frames need not be read at open: the variants are known from the header, and where each
-    frame goes is only needed by the first read.
+
+def _scanned_planes(insts: list[DicomInstance]) -> np.ndarray | None:
+    """The focal planes (z in um, sorted, rounded as the frames' are) of TILED_SPARSE instances, from a scan
+    of their per-frame groups' bytes; None unless every frame names exactly one z and the distinct values
+    are as many as TotalPixelMatrixFocalPlanes declares."""
+    found = []
+    for inst in insts:
+        values = inst.scan_values("PerFrameFunctionalGroupsSequence", _Z_OFFSET)
+        if values is None or len(values) != inst.frames:
+            return None
+        try:
+            found.append(np.array([float(v.decode("ascii").strip()) for v in values], np.float64))
+        except (UnicodeDecodeError, ValueError):
+            return None
+    planes = np.unique(np.round(np.concatenate(found), 6))
+    declared = {int(inst.get("TotalPixelMatrixFocalPlanes", 1) or 1) for inst in insts}
+    if declared != {len(planes)} or not np.isfinite(planes).all():
+        return None
+    return planes
+
+
+def _lazy_sparse_keys(insts: list[DicomInstance]) -> list[tuple[str, float]] | None:
+    """The variants (optical path, z in um) of a level whose instances are all TILED_SPARSE, known without
+    reading the frames' positions: one per declared optical path and focal plane. One focal plane: z from
+    the shared functional groups; several: the planes from a scan of the per-frame groups (checked against
+    the parsed positions on the first read). None for other levels, or when the scan is not conclusive.
+
+    Such a level's frames need not be read at open: where each frame goes is only needed by the first read.
     """
-    if (any(_organization(inst) != "TILED_SPARSE" for inst in insts)
-            or any(int(inst.get("TotalPixelMatrixFocalPlanes", 1) or 1) != 1 for inst in insts)):
+    if any(_organization(inst) != "TILED_SPARSE" for inst in insts):
         return None
     declared = list(dict.fromkeys(pid for inst in insts for pid in _optical_paths(inst)))
-    z = round(_z_um(_first(insts[0].ds, "SharedFunctionalGroupsSequence")), 6)
-    return [(pid, z) for pid in declared]
+    if all(int(inst.get("TotalPixelMatrixFocalPlanes", 1) or 1) == 1 for inst in insts):
+        z = round(_z_um(_first(insts[0].ds, "SharedFunctionalGroupsSequence")), 6)
+        return [(pid, z) for pid in declared]
+    planes = _scanned_planes(insts)
+    if planes is None:
+        return None
+    return [(pid, float(z)) for pid in declared for z in planes]
 
 
 def _sparse_table(instances: list[DicomInstance], fids: tuple[int, ...], down: int, across: int,
-                  paths: tuple[str, ...], path: str, memo: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tile table of optical path ``path`` of a lazily read TILED_SPARSE level (declared ``paths``). The
-    frames' positions are read once per level (``memo`` is shared by its variants; loaders run under the
-    levels' table lock). With one declared path every frame belongs to it."""
+                  keys: tuple[tuple[str, float], ...], key: tuple[str, float], memo: dict,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tile table of variant ``key`` (optical path, z) of a lazily read TILED_SPARSE level whose variants are
+    ``keys``. The frames' positions are read once per level (``memo`` is shared by its variants; loaders run
+    under the levels' table lock). With one declared path every frame belongs to it; with one focal plane
+    every frame lies in it."""
+    ref = instances[fids[0]]
+    paths = tuple(dict.fromkeys(k[0] for k in keys))
+    planes = tuple(dict.fromkeys(k[1] for k in keys))
     if "columns" not in memo:
         frames = _Frames()
-        ref = instances[fids[0]]
         for fid in fids:
             frames.add_sparse(fid, instances[fid], ref.columns, ref.rows)
         undeclared = [pid for pid in frames.paths if pid not in paths]
         if len(paths) > 1 and undeclared:
             raise CorruptFileError(f"frames name optical path {undeclared[0]!r}, which the file does not declare "
                                    f"(it declares {list(paths)})", path=ref.path)
-        memo["columns"], memo["paths"] = frames.columns(), frames.paths
-    fid_col, frame_col, path_col, _, ty_col, tx_col = memo["columns"]
+        columns = frames.columns()
+        off_plane = ~np.isin(columns[3], planes)
+        if len(planes) > 1 and off_plane.any():
+            raise CorruptFileError(f"a frame lies at z {float(columns[3][off_plane][0])} um, not on the focal planes "
+                                   f"{list(planes)} found at open", path=ref.path)
+        memo["columns"], memo["paths"] = columns, frames.paths
+    fid_col, frame_col, path_col, z_col, ty_col, tx_col = memo["columns"]
     chosen = (ty_col < down) & (tx_col < across)
     if len(paths) > 1:
-        chosen &= path_col == (memo["paths"].index(path) if path in memo["paths"] else -1)
+        chosen &= path_col == (memo["paths"].index(key[0]) if key[0] in memo["paths"] else -1)
+    if len(planes) > 1:
+        chosen &= z_col == key[1]
     file_grid, frame_grid = _grids(fid_col, frame_col, ty_col, tx_col, chosen, down, across)
     return tile_table(instances, file_grid, frame_grid)
 
@@ -255,14 +294,13 @@ class DicomWsiSource(DicomSource):
                                    f"makes {across * down} tiles for {frames_here} frames", path=ref.path)
         lazy_keys = _lazy_sparse_keys(insts)
         if lazy_keys is not None:
-            # sparse, one focal plane: the frames' positions are read on the level's first read
+            # sparse: the frames' positions are read on the level's first read
             memo: dict = {}
-            paths = tuple(k[0] for k in lazy_keys)
             return lazy_keys, [Level(
                 index=index, shape=(1, height, width, ref.samples), tile_shape=(1, ref.rows, ref.columns),
                 dtype=ref.dtype, downsample=downsample, codec=ref.codec, offsets=None, bytecounts=None,
-                table_loader=functools.partial(_sparse_table, self.instances, tuple(fids), down, across, paths,
-                                               key[0], memo),
+                table_loader=functools.partial(_sparse_table, self.instances, tuple(fids), down, across,
+                                               tuple(lazy_keys), key, memo),
                 variant=variant,
             ) for variant, key in enumerate(lazy_keys)]
         frames = _Frames()
