@@ -37,7 +37,7 @@ REAL_FILES = [
     ("dicom-volume/dicom_test_image.dcm", 15),
 ]
 GENERATED = {"jpegls-nobot": 50, "jpeg-bot-2frag": 50, "j2k-eot": 40, "native-be": 30, "wsi-sparse": 50,
-             "wsi-sparse-1path": 30, "bits-1": 25, "ybr-422": 25}
+             "wsi-sparse-1path": 30, "wsi-sparse-planes": 30, "bits-1": 25, "ybr-422": 25}
 SCALE = float(os.environ.get("CUCIM_LIKE_MUTATION_SCALE", "1"))
 
 _KEY_TAGS = (0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100, 0x00280103, 0x00280006, 0x00480006,
@@ -202,6 +202,10 @@ def generated_files(root: Path) -> dict[str, Path]:
     fx = dfx.write_wsi(root / "wsi1", codec="native", sparse=True, missing_tiles=[(0, 1)], size=(160, 120),
                        tile=(64, 48), levels=1)
     out["wsi-sparse-1path"] = fx.paths[0]
+    # several focal planes: found at open by a scan of the per-frame groups' bytes
+    fx = dfx.write_wsi(root / "wsi-planes", codec="native", sparse=True, focal_planes=2, size=(160, 120),
+                       tile=(64, 48), levels=1)
+    out["wsi-sparse-planes"] = fx.paths[0]
     from tests.formats.test_dicom_native_layouts import write_bits, write_ybr422
 
     rng = np.random.default_rng(11)
@@ -232,6 +236,10 @@ def test_generated_files_read_cleanly(tmp_path):
         img = CuImage(path)
         if name == "wsi-sparse":
             assert img.shape == [120, 160, 3] and img.optical_paths == ["0", "1"]
+            continue
+        if name == "wsi-sparse-planes":
+            assert img.focal_planes == [0.0, 1.0]
+            assert img.read_region((0, 0), (160, 120), focal_plane=1).shape == (120, 160, 3)
             continue
         if name == "wsi-sparse-1path":
             assert img.shape == [120, 160, 3] and img.read_region((0, 0), (160, 120)).shape == (120, 160, 3)
