@@ -24,3 +24,23 @@ def test_large_outputs_have_their_own_map_small_ones_do_not():
     assert isinstance(_map_of(batch), mmap.mmap)
     assert not isinstance(_map_of(memory.empty((16, 16, 3), np.uint8, memory.BATCH_MMAP_THRESHOLD)), mmap.mmap)
     assert memory.empty((0, 5), np.uint16, memory.BATCH_MMAP_THRESHOLD).shape == (0, 5)
+
+
+def test_mapped_outputs_are_private_to_the_process():
+    """A forked child's writes stay in the child (a shared mapping would pass them to the parent, and its
+    pages fault in slower)."""
+    import os
+
+    import pytest
+
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork")
+    out = memory.empty((33, 1024, 1024), np.uint8)
+    out[:] = 7
+    pid = os.fork()
+    if pid == 0:  # child: write, then leave without running the parent's clean-up
+        out[:] = 9
+        os._exit(0 if int(out[0, 0, 0]) == 9 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(out.min()) == int(out.max()) == 7
