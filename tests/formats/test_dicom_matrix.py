@@ -507,3 +507,18 @@ def test_sparse_focal_planes_of_a_deferred_per_frame_sequence_are_scanned_from_t
     assert calls == [] and len(img.focal_planes) == 2
     for (_, z), ref in fx.levels[0].items():
         np.testing.assert_array_equal(img.read_region((100, 60), (90, 70), focal_plane=z), ref[60:130, 100:190])
+
+
+def test_single_plane_sparse_slide_offers_the_plane_its_frames_name(tmp_path):
+    """One focal plane, named only in the per-frame groups: the lazily opened level offers that plane, as a
+    parse of every frame at open would (not the shared groups' default of 0)."""
+    pydicom = pytest.importorskip("pydicom")
+    fx = dfx.write_wsi(tmp_path, codec="native", sparse=True, levels=1, size=(160, 120), tile=(64, 48))
+    ds = pydicom.dcmread(fx.paths[0])
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        item.PlanePositionSlideSequence[0].ZOffsetInSlideCoordinateSystem = "2.5"
+    ds.save_as(fx.paths[0])
+    img = CuImage(fx.paths[0])
+    assert img.focal_planes == [2.5]
+    ref = fx.levels[0][(0, 0)]
+    np.testing.assert_array_equal(img.read_region((0, 0), (160, 120), focal_plane=2.5), ref)

@@ -191,21 +191,22 @@ def _scanned_planes(insts: list[DicomInstance]) -> np.ndarray | None:
 
 def _lazy_sparse_keys(insts: list[DicomInstance]) -> list[tuple[str, float]] | None:
     """The variants (optical path, z in um) of a level whose instances are all TILED_SPARSE, known without
-    reading the frames' positions: one per declared optical path and focal plane. One focal plane: z from
-    the shared functional groups; several: the planes from a scan of the per-frame groups (checked against
-    the parsed positions on the first read). None for other levels, or when the scan is not conclusive.
+    parsing the frames' positions: one per declared optical path and focal plane, the planes from a scan of
+    the per-frame groups (checked against the parsed positions on the first read). One focal plane the scan
+    cannot settle: z from the shared functional groups. None for other levels, or several planes the scan
+    cannot settle.
 
     Such a level's frames need not be read at open: where each frame goes is only needed by the first read.
     """
     if any(_organization(inst) != "TILED_SPARSE" for inst in insts):
         return None
     declared = list(dict.fromkeys(pid for inst in insts for pid in _optical_paths(inst)))
-    if all(int(inst.get("TotalPixelMatrixFocalPlanes", 1) or 1) == 1 for inst in insts):
-        z = round(_z_um(_first(insts[0].ds, "SharedFunctionalGroupsSequence")), 6)
-        return [(pid, z) for pid in declared]
     planes = _scanned_planes(insts)
     if planes is None:
-        return None
+        if any(int(inst.get("TotalPixelMatrixFocalPlanes", 1) or 1) != 1 for inst in insts):
+            return None
+        # one plane the scan could not read (positions in the shared groups, say): the shared z
+        planes = [round(_z_um(_first(insts[0].ds, "SharedFunctionalGroupsSequence")), 6)]
     return [(pid, float(z)) for pid in declared for z in planes]
 
 
