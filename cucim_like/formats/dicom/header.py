@@ -339,19 +339,19 @@ class DicomInstance:
         """
         from pydicom.datadict import tag_for_keyword
         from pydicom.dataelem import RawDataElement
+        from pydicom.filereader import read_deferred_data_element
 
         seq_tag = tag_for_keyword(sequence)
         raw = self.ds.get_item(seq_tag, keep_deferred=True) if seq_tag is not None else None
         if not isinstance(raw, RawDataElement):
             return None
-        data = raw.value
-        if data is None and self.inflated is None and raw.value_tell and 0 < raw.length <= self.file_size:
+        if raw.value is None and raw.length:  # left on disk by the header parse: read its bytes, once
             try:
-                with open(self.path, "rb") as fh:  # a large sequence is deferred: read its bytes
-                    fh.seek(raw.value_tell)
-                    data = fh.read(raw.length)
-            except OSError:
+                raw = read_deferred_data_element(self.ds.fileobj_type, self.ds.filename, self.ds.timestamp, raw)
+            except (OSError, ValueError, EOFError):
                 return None
+            self.ds[seq_tag] = raw  # parsed from these bytes when its items are needed
+        data = raw.value
         if not isinstance(data, bytes):
             return None
         implicit, little = self.ds.original_encoding
