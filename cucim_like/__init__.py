@@ -5,7 +5,7 @@ package are imported when first used.
 """
 
 from ._version import __version__
-from .cache import preferred_memory_capacity
+from .cache import CacheType, preferred_memory_capacity
 from .cuda.cache import device_cache
 from .cuda.placement import OutputTransform
 from .cuimage import CuImage
@@ -25,7 +25,16 @@ from .errors import (
 )
 from .tissue import tissue_locations
 
+_MODULES = frozenset({"", "clara", "core"})
+
+
+def is_available(module_name: str = "") -> bool:
+    """cuCIM's check: whether the package (``""``) or a part of it is there. ``"clara"``/``"core"``
+    (CuImage) are; cuCIM's ``"skimage"`` image-processing part is not part of cucim_like."""
+    return module_name in _MODULES
+
 __all__ = [
+    "CacheType",
     "CodecUnavailableError",
     "CorruptFileError",
     "CuImage",
@@ -42,6 +51,7 @@ __all__ = [
     "UnsupportedFormatError",
     "__version__",
     "device_cache",
+    "is_available",
     "preferred_memory_capacity",
     "tissue_locations",
 ]

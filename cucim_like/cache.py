@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import threading
 from collections import OrderedDict
@@ -15,6 +16,18 @@ MiB = 1024 * 1024
 DEFAULT_MEMORY_CAPACITY_MIB = 64
 
 
+class CacheType(str, enum.Enum):
+    """Kinds of tile cache, as cuCIM's ``cucim.clara.cache.CacheType``; each also equals its string
+    (``CacheType.PerProcess == "per_process"``)."""
+
+    NoCache = "no_cache"
+    PerProcess = "per_process"
+    SharedMemory = "shared_memory"
+
+    def __str__(self) -> str:  # the same on every Python version, as cuCIM prints it
+        return f"CacheType.{self.name}"
+
+
 class TileCache:
     """LRU of decoded tiles (read-only NumPy arrays), keyed by (file identity, level, tile).
 
@@ -22,7 +35,7 @@ class TileCache:
     number of tiles. Statistics count only while ``record()`` is on (the default).
     """
 
-    type = "per_process"
+    type: CacheType | str = CacheType.PerProcess
 
     def __init__(self, memory_capacity: float = DEFAULT_MEMORY_CAPACITY_MIB, capacity: int | None = None,
                  record_stat: bool = True) -> None:
@@ -88,11 +101,11 @@ class TileCache:
 
     @property
     def config(self) -> dict:
-        return {"type": self.type, "memory_capacity": self.memory_capacity // MiB, "capacity": self.capacity,
-                "record_stat": self._record}
+        return {"type": str.__str__(self.type), "memory_capacity": self.memory_capacity // MiB,
+                "capacity": self.capacity, "record_stat": self.record()}
 
     def __repr__(self) -> str:
-        return (f"<TileCache {self.type} {self.size} tiles, {self._bytes / MiB:.1f}/"
+        return (f"<TileCache {str.__str__(self.type)} {self.size} tiles, {self._bytes / MiB:.1f}/"
                 f"{self.memory_capacity / MiB:.0f} MiB, hits={self.hit_count} misses={self.miss_count}>")
 
     # -- engine side -----------------------------------------------------------------------------------------
@@ -151,7 +164,7 @@ class TileCache:
 class NoCache(TileCache):
     """A cache that holds nothing (``CuImage.cache("no_cache")``); it still counts misses."""
 
-    type = "no_cache"
+    type = CacheType.NoCache
 
     def __init__(self, memory_capacity: float = 0, capacity: int | None = 0, record_stat: bool = True) -> None:
         super().__init__(0, 0, record_stat)

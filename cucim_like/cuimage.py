@@ -16,6 +16,7 @@ from . import arguments as args
 from . import memory
 from .batch import BatchIterator, check_batch_arguments
 from .cache import TileCache, configure_cache, current_cache
+from .cuda.cache import DeviceTileCache, device_cache
 from .cuda.placement import OutputTransform
 from .errors import InvalidArgumentError, UnknownAssociatedImageError
 from .executors import cpu
@@ -33,12 +34,13 @@ class CuImage:
     (H, W, C) of the image's dtype, in CPU memory.
     """
 
-    def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], *, series_uid: str | None = None,
+    def __init__(self, path: str | bytes | os.PathLike | Sequence[str | os.PathLike], *, series_uid: str | None = None,
                  missing: str | None = None) -> None:
         """``path``: a file, a DICOM series (directory or list of files) or a neuroglancer precomputed volume
         (directory or ``file://`` URL). ``series_uid`` picks a DICOM series; ``missing`` ("fill", default, or
         "raise") says what absent chunks of a precomputed volume do."""
-        self._path_arg = os.fspath(path) if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
+        single = isinstance(path, (str, bytes, os.PathLike))
+        self._path_arg = os.fsdecode(path) if single else [os.fsdecode(p) for p in path]
         self._options = {k: v for k, v in (("series_uid", series_uid), ("missing", missing)) if v is not None}
         self._source: ImageSource = open_source(self._path_arg, **self._options)
         self._path = self._source.path
@@ -56,6 +58,12 @@ class CuImage:
         type: "per_process" or "no_cache"; memory_capacity in MiB; capacity in tiles.
         """
         return configure_cache(type, memory_capacity, capacity, record_stat)
+
+    @staticmethod
+    def device_cache(memory_capacity: float | None = None, capacity: int | None = None,
+                     record_stat: bool | None = None) -> DeviceTileCache:
+        """The tile cache of ``device="cuda"`` reads (GPU memory, MiB), as :func:`cucim_like.device_cache`."""
+        return device_cache(memory_capacity, capacity, record_stat)
 
     # -- description ---------------------------------------------------------------------------------------
     @property
@@ -92,13 +100,10 @@ class CuImage:
         return [y, x, c]
 
     def size(self, dim_order: str = "") -> list[int]:
-        """Sizes along ``dim_order`` (e.g. "XY"), or along ``dims`` when empty."""
+        """Sizes along ``dim_order`` (e.g. "XY"), or along ``dims`` when empty; as in cuCIM, letters of axes
+        the image lacks are left out (``size("ZYX")`` of a slide is [h, w])."""
         sizes = dict(zip(self.dims, self.shape, strict=True))
-        order = dim_order or self.dims
-        try:
-            return [sizes[d] for d in order.upper()]
-        except KeyError as exc:
-            raise InvalidArgumentError(f"dim_order {dim_order!r} names an axis not in {self.dims!r}") from exc
+        return [sizes[d] for d in (dim_order or self.dims).upper() if d in sizes]
 
     @property
     def ndim(self) -> int:
@@ -118,7 +123,8 @@ class CuImage:
 
     @property
     def is_loaded(self) -> bool:
-        return False
+        """True while the image is open (cuCIM: a CuImage opened from a file is loaded)."""
+        return not self._closed
 
     @property
     def resolutions(self) -> dict[str, Any]:
@@ -139,12 +145,13 @@ class CuImage:
         """Physical size of a level-0 pixel along ``dim_order`` (default ``dims``): micrometres for slides,
         millimetres for DICOM volumes (see ``spacing_units``); 1.0 where unknown and for the channel axis."""
         zyx = self._source.pixel_spacing or (1.0, 1.0, 1.0)
-        values = {"Z": zyx[0], "Y": zyx[1], "X": zyx[2], "C": 1.0}
-        return [float(values[d]) for d in (dim_order or self.dims).upper()]
+        values = {"Z": zyx[0], "Y": zyx[1], "X": zyx[2]}
+        return [float(values.get(d, 1.0)) for d in (dim_order or self.dims).upper()]
 
     def spacing_units(self, dim_order: str = "") -> list[str]:
         unit = self._source.spacing_unit if self._source.pixel_spacing else ""
-        return ["color" if d == "C" else unit for d in (dim_order or self.dims).upper()]
+        units = {"Z": unit, "Y": unit, "X": unit, "C": "color"}
+        return [units.get(d, "") for d in (dim_order or self.dims).upper()]
 
     @property
     def origin(self) -> list[float]:
@@ -238,15 +245,15 @@ class CuImage:
         location: Any = None,
         size: Any = None,
         level: int = 0,
-        device: str = "cpu",
-        buf: np.ndarray | None = None,
-        shm_name: str | None = None,
         num_workers: int = 0,
         batch_size: int = 1,
         drop_last: bool = False,
         prefetch_factor: int = 2,
         shuffle: bool = False,
         seed: int = 0,
+        device: str = "cpu",
+        buf: np.ndarray | None = None,
+        shm_name: str | None = None,
         *,
         fill: float | None = None,
         progress: Callable[[int], None] | None = None,
@@ -260,9 +267,12 @@ class CuImage:
         """Read ``size`` (w, h) pixels at ``location`` (x, y, level-0 coordinates) of ``level``.
 
         One location: a NumPy array (h, w, c) of the image's dtype (written into ``buf`` when given). With
-        neither location nor size: the whole level. Several locations (any iterable of (x, y), NumPy arrays
-        flat or N x 2) or ``batch_size`` > 1: a :class:`~cucim_like.batch.BatchIterator` of (B, h, w, c)
-        arrays, ``prefetch_factor`` batches decoded ahead, in a seeded random order with ``shuffle``.
+        neither location nor size: the whole level; as in cuCIM, ``location`` defaults to (0, 0) and ``size``
+        to the level's (w, h). Positional arguments follow cuCIM's order (location, size, level, num_workers,
+        batch_size, drop_last, prefetch_factor, shuffle, seed, device, buf, shm_name); the rest are keywords.
+        Several locations (any iterable of (x, y), NumPy arrays flat or N x 2) or ``batch_size`` > 1: a
+        :class:`~cucim_like.batch.BatchIterator` of (B, h, w, c) arrays, ``prefetch_factor`` batches decoded
+        ahead, in a seeded random order with ``shuffle``.
         Parts outside the level are ``fill`` (default 255 for brightfield vendor slides, 0 otherwise).
         ``num_workers``: decode threads, 0 = one per CPU. ``progress`` is called with the number of tiles
         finished as they finish (possibly from worker threads). ``shm_name`` is accepted for cuCIM
@@ -301,8 +311,11 @@ class CuImage:
             out = self._read_channels(lvl, pick, squeeze, (0, 0, 0), lvl.shape[:3], buf, fill_value, workers,
                                       progress, target)
             return self._rescaled(out, 0) if rescale else out
-        if location is None or size is None:
-            raise InvalidArgumentError("give both location and size, or neither for the whole level")
+        if location is None:  # cuCIM's defaults: the level's origin, and the level's whole extent
+            location = (0,) * nd
+        if size is None:
+            z, h, w = lvl.shape[:3]
+            size = (w, h, z) if nd == 3 else (w, h)
         sz = args.check_size(args.int_tuple(size, nd, "size"))
         extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
         locations, single = args.parse_locations(location, nd)

@@ -62,8 +62,8 @@ def _rebuild(cls, message, path, level, tile):
     return cls(message, path=path, level=level, tile=tile)
 
 
-class ImageFileNotFoundError(CucimLikeError, FileNotFoundError):
-    """The path does not exist."""
+class ImageFileNotFoundError(CucimLikeError, FileNotFoundError, ValueError):
+    """The path does not exist (also a ValueError, which is what cuCIM raises for it)."""
 
 
 class FileAccessError(CucimLikeError, PermissionError):

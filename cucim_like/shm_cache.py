@@ -23,7 +23,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from .cache import MiB, TileCache
+from .cache import CacheType, MiB, TileCache
 from .errors import InvalidArgumentError
 
 ENV = "CUCIM_LIKE_SHM_CACHE"
@@ -44,7 +44,7 @@ def _digest(key: Hashable) -> bytes:
 class SharedMemoryCache(TileCache):
     """``CuImage.cache("shared_memory", memory_capacity=MiB)``: one cache for all processes of a job."""
 
-    type = "shared_memory"
+    type = CacheType.SharedMemory
 
     def __init__(self, memory_capacity: float = 64, capacity: int | None = None, record_stat: bool = True,
                  *, name: str | None = None) -> None:

@@ -646,8 +646,8 @@ def img(pristine):
         {"location": (0, 0), "size": (10,)},
         {"location": (0, 0), "size": (10, 10, 10)},
         {"location": 5, "size": (10, 10)},
-        {"location": (0, 0)},
-        {"size": (10, 10)},
+        {"location": (0.5, 0)},  # size defaults to the level's, the location is still checked
+        {"size": (10, 0)},
         {"location": (0, 0), "size": (10, 10), "num_workers": -1},
         {"location": (0, 0), "size": (10, 10), "num_workers": 1.5},
         {"location": (0, 0), "size": (2**40, 2**40)},

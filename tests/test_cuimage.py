@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 
@@ -72,7 +73,6 @@ def test_numpy_and_other_integer_sequences_are_accepted(small_slide, location, s
         ({"location": np.array([0.0, 1.0]), "size": (10, 10)}, cucim_like.InvalidArgumentError),
         ({"location": (0, 0), "size": (10, 10), "level": 1.0}, cucim_like.InvalidArgumentError),
         ({"location": (0, 0), "size": (10, 10), "num_workers": -1}, cucim_like.InvalidArgumentError),
-        ({"location": (0, 0)}, cucim_like.InvalidArgumentError),
         ({"location": (0, 0), "size": (10, 10), "device": "cuda"}, cucim_like.DeviceUnavailableError),
     ],
 )
@@ -83,6 +83,65 @@ def test_bad_arguments_raise_typed_value_errors(small_slide, kwargs, exc):
     assert isinstance(info.value, cucim_like.CucimLikeError)
     if exc is not cucim_like.DeviceUnavailableError:
         assert isinstance(info.value, ValueError)
+
+
+def test_positional_arguments_follow_cucims_order(small_slide):
+    """cuCIM: read_region(location, size, level, num_workers, batch_size, drop_last, prefetch_factor, shuffle,
+    seed, device, buf, shm_name)."""
+    path, levels = small_slide
+    img = CuImage(path)
+    np.testing.assert_array_equal(img.read_region((10, 20), (30, 40), 0, 2), levels[0][20:60, 10:40])
+    locs = [(0, 0), (64, 0), (128, 64)]
+    batches = list(img.read_region(locs, (16, 16), 0, 1, 2, True))  # 1 worker, batch 2, drop_last
+    assert [b.shape for b in batches] == [(2, 16, 16, 3)]
+    np.testing.assert_array_equal(batches[0][1], levels[0][0:16, 64:80])
+    shuffled = list(img.read_region(locs, (16, 16), 0, 1, 3, False, 2, True, 5))
+    again = list(img.read_region(locs, (16, 16), 0, 1, 3, False, 2, True, 5))
+    np.testing.assert_array_equal(shuffled[0], again[0])
+    buf = np.zeros((8, 8, 3), np.uint8)
+    img.read_region((1, 2), (8, 8), 0, 1, 1, False, 2, False, 0, "cpu", buf)
+    np.testing.assert_array_equal(buf, levels[0][2:10, 1:9])
+
+
+def test_location_and_size_default_as_in_cucim(small_slide):
+    """A missing location is the level's origin; a missing size is the level's (w, h)."""
+    path, levels = small_slide
+    img = CuImage(path)
+    np.testing.assert_array_equal(img.read_region(size=(30, 20)), levels[0][:20, :30])
+    np.testing.assert_array_equal(img.read_region(size=(30, 20), level=1), levels[1][:20, :30])
+    out = img.read_region(location=(650, 480))  # level-sized region from there: mostly fill
+    assert out.shape == (500, 700, 3)
+    np.testing.assert_array_equal(out[:20, :50], levels[0][480:, 650:])
+    assert (out[20:] == 0).all() and (out[:, 50:] == 0).all()
+    np.testing.assert_array_equal(img.read_region(location=(100, 60), level=1)[:40, :80], levels[1][30:70, 50:130])
+
+
+def test_cucim_compatible_surface(small_slide):
+    path, _ = small_slide
+    img = CuImage(os.fsencode(path))  # cuCIM opens bytes paths too
+    assert img.path == str(path) and img.is_loaded
+    assert img.size("ZYX") == [500, 700] and img.size("XYZ") == [700, 500]  # absent axes left out, as cuCIM
+    assert img.spacing("XYQ") == [1.0, 1.0, 1.0] and img.spacing_units("CQ") == ["color", ""]
+    img.close()
+    assert not img.is_loaded
+    assert cucim_like.is_available() and cucim_like.is_available("clara")
+    assert not cucim_like.is_available("skimage")
+    from cucim_like.clara import CuImage as ClaraCuImage
+    from cucim_like.clara.cache import CacheType, ImageCache, preferred_memory_capacity
+
+    assert ClaraCuImage is CuImage and preferred_memory_capacity is cucim_like.preferred_memory_capacity
+    assert CuImage.device_cache() is cucim_like.device_cache()
+    try:
+        cache = CuImage.cache(CacheType.PerProcess, memory_capacity=8)
+        assert isinstance(cache, ImageCache)
+        assert cache.type == CacheType.PerProcess == "per_process" and str(cache.type) == "CacheType.PerProcess"
+        assert cache.config["type"] == "per_process" and cache.config["memory_capacity"] == 8
+        assert CuImage.cache("no_cache").type == CacheType.NoCache
+        shm = CuImage.cache("shared_memory", memory_capacity=1)
+        assert shm.type == CacheType.SharedMemory and shm.config["type"] == "shared_memory"
+        assert shm.config["record_stat"] is True
+    finally:
+        CuImage.cache("per_process", memory_capacity=64)
 
 
 def test_level_error_is_an_index_and_value_error(small_slide):
@@ -173,6 +232,7 @@ def test_missing_file_and_directory(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         CuImage(tmp_path / "nope.svs")
     assert isinstance(info.value, cucim_like.CucimLikeError) and "nope.svs" in str(info.value)
+    assert isinstance(info.value, ValueError)  # what cuCIM raises for a missing file
     with pytest.raises(cucim_like.UnsupportedFormatError):
         CuImage(tmp_path)
     (tmp_path / "x.svs").write_bytes(b"hello, not an image")
