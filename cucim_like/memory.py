@@ -19,13 +19,32 @@ BATCH_MMAP_THRESHOLD = 1 << 20
 _PRIVATE = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)  # 0 where mmap takes no flags
 
 
+# libjpeg-turbo's SIMD colour conversion writes its output measurably slower when the output starts on a
+# 32-byte boundary (4K aliasing with its own 32-byte aligned row buffers), per 256² RGB tile, output at
+# 0 / 32 / other multiples of 4 mod 64: DICOM benchmark slide with simplejpeg 268-283 / 308-312 / 227-242 µs;
+# benchmark SVS with simplejpeg 254 / 271 / 229-231 µs, with imagecodecs 354 / 377 / 234-240 µs. JPEG-LS
+# (CharLS) does not care. Tile buffers and outputs therefore start 16 bytes past a 64-byte boundary.
+_DECODE_ALIGN, _DECODE_OFFSET = 64, 16
+
+
 def empty(shape: tuple[int, ...], dtype: np.dtype, mmap_from: int = _MMAP_THRESHOLD) -> np.ndarray:
-    """An uninitialised C-contiguous array (CPU memory); backed by its own mmap (unmapped when the array and
-    its views are gone) when ``mmap_from`` bytes (32 MiB) or larger."""
+    """An uninitialised C-contiguous array (CPU memory) starting 16 bytes past a 64-byte boundary; backed by
+    its own mmap (unmapped when the array and its views are gone) when ``mmap_from`` bytes (32 MiB) or larger."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < mmap_from or nbytes == 0:
-        return np.empty(shape, dtype)
+        return decode_buffer(shape, dtype)
     # private: copy-on-write after fork like any array; freed (munmap) when the array and its views are gone
-    buf = mmap.mmap(-1, nbytes, flags=_PRIVATE) if _PRIVATE else mmap.mmap(-1, nbytes)
-    return np.frombuffer(buf, dtype).reshape(shape)
+    size = nbytes + _DECODE_OFFSET
+    buf = mmap.mmap(-1, size, flags=_PRIVATE) if _PRIVATE else mmap.mmap(-1, size)
+    return np.frombuffer(buf, dtype, offset=_DECODE_OFFSET, count=math.prod(shape)).reshape(shape)
+
+
+def decode_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array (CPU memory) for a decoder to write a tile into, its data 16 bytes
+    past a 64-byte boundary (see above)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + _DECODE_ALIGN, np.uint8)
+    start = (_DECODE_OFFSET - raw.ctypes.data) % _DECODE_ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)

@@ -160,6 +160,9 @@ class SharedMemoryCache(TileCache):
     def memory_size(self) -> int:
         return int(self._index["nbytes"][self._valid()].sum())
 
+    def take_spare(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        return None  # tiles are copied into the segment; nothing to hand back
+
     def reserve(self, memory_capacity: float, capacity: int | None = None) -> None:
         """The segment's size is fixed at creation; configure a new cache to grow it."""
         if int(memory_capacity * MiB) > self.memory_capacity:

@@ -115,3 +115,54 @@ def test_whole_tile_reads_are_remembered_for_a_bounded_number_of_tiles(small_sli
 def test_unknown_cache_type():
     with pytest.raises(cucim_like.InvalidArgumentError):
         CuImage.cache("bogus")
+
+
+def test_evicted_tiles_nobody_holds_are_handed_back_once():
+    cache = cucim_like.cache.TileCache(memory_capacity=4 * 64 * 64 * 3 / 2**20)  # four 64² RGB tiles
+    tiles = [np.full((1, 64, 64, 3), i, np.uint8) for i in range(5)]
+    held = tiles[0]
+    for i, tile in enumerate(tiles[:4]):
+        cache.put(i, tile)
+    del tiles
+    cache.put(4, np.zeros((1, 64, 64, 3), np.uint8))  # evicts tile 0, which `held` still refers to
+    assert cache.take_spare((1, 64, 64, 3), np.dtype(np.uint8)) is None
+    del held
+    cache.put(5, np.zeros((1, 64, 64, 3), np.uint8))  # evicts tile 1: only the cache held it
+    spare = cache.take_spare((1, 64, 64, 3), np.dtype(np.uint8))
+    assert spare is not None and spare.flags.writeable and (spare == 1).all()
+    assert cache.take_spare((1, 64, 64, 3), np.dtype(np.uint8)) is None
+    assert cache.take_spare((1, 32, 32, 3), np.dtype(np.uint8)) is None
+
+
+def test_reads_through_a_small_cache_from_many_threads_stay_exact(small_slide):
+    """A tiny cache evicts on almost every insert, so decodes keep reusing evicted tiles' memory while other
+    threads read cached tiles: every region must still equal the reference."""
+    import threading
+
+    path, levels = small_slide
+    padded = np.zeros((1000, 1200, 3), np.uint8)
+    padded[250:750, 250:950] = levels[0]
+    rng = np.random.default_rng(11)
+    boxes = [(int(rng.integers(-40, 690)), int(rng.integers(-40, 490)), int(rng.integers(1, 150)),
+              int(rng.integers(1, 150))) for _ in range(300)]
+    errors: list[str] = []
+    try:
+        CuImage.cache("per_process", memory_capacity=12 * 64 * 64 * 3 / 2**20)  # 12 tiles
+        img = CuImage(path)
+
+        def work(indices):
+            for i in indices:
+                x, y, w, h = boxes[i]
+                got = img.read_region((x, y), (w, h), num_workers=2)
+                if not np.array_equal(got, padded[y + 250:y + 250 + h, x + 250:x + 250 + w]):
+                    errors.append(f"region {boxes[i]} differs")
+
+        threads = [threading.Thread(target=work, args=(range(k, 300, 6),)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert CuImage.cache().hit_count > 0
+    finally:
+        CuImage.cache("per_process", memory_capacity=64)
+    assert not errors, errors[:5]

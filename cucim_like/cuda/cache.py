@@ -17,6 +17,7 @@ class DeviceTileCache(TileCache):
     """LRU of decoded tiles in device memory, keyed like the host cache; ``memory_capacity`` in MiB."""
 
     type = "device"
+    _recycles = False  # device arrays are freed to CuPy's pool, which recycles them already
 
     @staticmethod
     def _freeze(arr) -> None:  # device arrays have no write flag; the executor never writes cached tiles

@@ -19,6 +19,7 @@ from ..codecs import Decoder, get_decoder
 from ..errors import CorruptFileError, CucimLikeError, DecodeError
 from ..fileio import FileReader
 from ..formats.base import Level, compressed_tile_limit
+from ..memory import decode_buffer
 from ..plan import ByteRange, Plan, TileJob, box_slices, coalesce_ranges
 from .pool import thread_pool
 
@@ -44,7 +45,7 @@ class _Scratch(threading.local):
         if arr is None:
             if len(self.arrays) >= 2:  # a thread serves one or two tile shapes at a time
                 self.arrays.clear()
-            arr = self.arrays[key] = np.empty(shape, dtype)
+            arr = self.arrays[key] = decode_buffer(shape, dtype)
         return arr
 
 
@@ -117,7 +118,9 @@ class _Read:
         if direct is not None:
             buf = direct
         elif self.insert:
-            buf = np.empty(shape, level.dtype)
+            buf = self.cache.take_spare(shape, level.dtype)
+            if buf is None:
+                buf = decode_buffer(shape, level.dtype)
         else:
             buf = _scratch.get(shape, level.dtype)
         try:
