@@ -80,7 +80,7 @@ class TileCache:
 
     @property
     def free_memory(self) -> int:
-        return max(0, self.memory_capacity - self._bytes)
+        return max(0, self.memory_capacity - self.memory_size)
 
     def record(self, value: bool | None = None) -> bool:
         """Turn statistics on/off (with a value) or tell whether they are on (without)."""
@@ -144,11 +144,12 @@ class TileCache:
             while self._bytes > self.memory_capacity or (limit is not None and len(self._items) > limit):
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
-                # only this frame and getrefcount's argument refer to it: no reader is copying from it
-                # (readers hold a reference while they copy), and none can find it any more
-                if (self._recycles and len(self._spares) < self._SPARES and type(evicted) is np.ndarray
-                        and sys.getrefcount(evicted) == 2):
+                # Reused only if nothing else refers to it or to its memory: a reader holds the tile, or a
+                # view of it (whose base is the owner), while it copies; an evicted tile cannot be found again.
+                if self._recycles and _is_decode_buffer(evicted) and _refcounts(evicted) == _UNSHARED:
                     self._spares.append(evicted)
+                    if len(self._spares) > self._SPARES:  # oldest first: shapes no longer asked for age out
+                        del self._spares[0]
                 del evicted
 
     def take_spare(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
@@ -183,6 +184,32 @@ class TileCache:
     @staticmethod
     def _freeze(arr: np.ndarray) -> None:
         arr.flags.writeable = False
+
+
+def _refcounts(tile: np.ndarray) -> tuple[int, int]:
+    """sys.getrefcount of ``tile`` and of the memory owner behind it."""
+    return sys.getrefcount(tile), sys.getrefcount(tile.base)
+
+
+def _refcounts_of_an_unshared_tile() -> tuple[int, int]:
+    """What :func:`_refcounts` reports, in this interpreter, for a tile held by one local variable of its
+    caller and nothing else (the numbers differ between Python versions: 3.14 passes locals as borrowed
+    references). TileCache.put checks an evicted tile with the same call from a local variable."""
+    owner = np.empty(2, np.uint8)
+    tile = owner[1:]
+    del owner
+    return _refcounts(tile)
+
+
+_UNSHARED = _refcounts_of_an_unshared_tile()
+
+
+def _is_decode_buffer(tile: np.ndarray) -> bool:
+    """Whether ``tile`` is a view of memory NumPy allocated for a decode (memory.decode_buffer: a 1-D uint8
+    owner), not of a caller's memory, a map or a copy (those are never reused)."""
+    owner = tile.base
+    return (type(tile) is np.ndarray and type(owner) is np.ndarray and owner.flags.owndata and owner.ndim == 1
+            and owner.dtype == np.uint8)
 
 
 class NoCache(TileCache):

@@ -117,21 +117,56 @@ def test_unknown_cache_type():
         CuImage.cache("bogus")
 
 
+def _tile(value: int, shape=(1, 64, 64, 3)) -> np.ndarray:
+    from cucim_like.memory import decode_buffer
+
+    arr = decode_buffer(shape, np.uint8)
+    arr[...] = value
+    return arr
+
+
 def test_evicted_tiles_nobody_holds_are_handed_back_once():
-    cache = cucim_like.cache.TileCache(memory_capacity=4 * 64 * 64 * 3 / 2**20)  # four 64² RGB tiles
-    tiles = [np.full((1, 64, 64, 3), i, np.uint8) for i in range(5)]
-    held = tiles[0]
-    for i, tile in enumerate(tiles[:4]):
-        cache.put(i, tile)
-    del tiles
-    cache.put(4, np.zeros((1, 64, 64, 3), np.uint8))  # evicts tile 0, which `held` still refers to
-    assert cache.take_spare((1, 64, 64, 3), np.dtype(np.uint8)) is None
-    del held
-    cache.put(5, np.zeros((1, 64, 64, 3), np.uint8))  # evicts tile 1: only the cache held it
-    spare = cache.take_spare((1, 64, 64, 3), np.dtype(np.uint8))
-    assert spare is not None and spare.flags.writeable and (spare == 1).all()
-    assert cache.take_spare((1, 64, 64, 3), np.dtype(np.uint8)) is None
-    assert cache.take_spare((1, 32, 32, 3), np.dtype(np.uint8)) is None
+    shape, u8 = (1, 64, 64, 3), np.dtype(np.uint8)
+    cache = cucim_like.cache.TileCache(memory_capacity=2 * 64 * 64 * 3 / 2**20)  # two 64² RGB tiles
+    cache.put(0, _tile(0))
+    cache.put(1, _tile(1))
+    held = cache.get(0)  # a reader still copying from tile 0
+    view = cache.get(1)[0, :8, :8]  # a reader holding only a view of tile 1
+    cache.put(2, _tile(2))  # evicts 0
+    cache.put(3, _tile(3))  # evicts 1
+    assert cache.take_spare(shape, u8) is None and (held == 0).all() and (view == 1).all()
+    del held, view
+    cache.put(4, _tile(4))  # evicts 2: only the cache held it
+    spare = cache.take_spare(shape, u8)
+    assert spare is not None and spare.flags.writeable and (spare == 2).all()
+    assert spare.ctypes.data % 64 == 16
+    assert cache.take_spare(shape, u8) is None
+    assert cache.take_spare((1, 32, 32, 3), u8) is None
+
+
+def test_only_memory_allocated_for_decoding_is_reused():
+    """Arrays over a caller's memory, a copy or a map stay theirs after eviction."""
+    shape, u8 = (1, 64, 64, 3), np.dtype(np.uint8)
+    cache = cucim_like.cache.TileCache(memory_capacity=64 * 64 * 3 / 2**20)  # one tile
+    backing = bytearray(64 * 64 * 3)
+    makers = [lambda: np.frombuffer(backing, np.uint8).reshape(shape), lambda: np.zeros(shape, np.uint8),
+              lambda: np.frombuffer(bytes(64 * 64 * 3), np.uint8).reshape(shape),
+              lambda: np.frombuffer(bytearray(64 * 64 * 3), np.uint8).reshape(shape)]
+    for make in makers:  # each array is referred to by the cache alone once put
+        cache.put("a", make())
+        cache.put("b", _tile(0))  # evicts "a"
+        assert cache.take_spare(shape, u8) is None
+        cache.clear()
+
+
+def test_spares_of_shapes_no_longer_asked_for_age_out():
+    u8 = np.dtype(np.uint8)
+    cache = cucim_like.cache.TileCache(memory_capacity=64 * 64 * 3 / 2**20)
+    for i in range(6):  # short edge tiles, then full ones
+        cache.put(i, _tile(i, (1, 10 + i, 64, 3)))
+    for i in range(6, 12):
+        cache.put(i, _tile(i))
+    assert cache.take_spare((1, 64, 64, 3), u8) is not None
 
 
 def test_reads_through_a_small_cache_from_many_threads_stay_exact(small_slide):

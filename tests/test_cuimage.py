@@ -139,7 +139,7 @@ def test_cucim_compatible_surface(small_slide):
         assert CuImage.cache("no_cache").type == CacheType.NoCache
         shm = CuImage.cache("shared_memory", memory_capacity=1)
         assert shm.type == CacheType.SharedMemory and shm.config["type"] == "shared_memory"
-        assert shm.config["record_stat"] is True
+        assert shm.config["record_stat"] is True and shm.free_memory == 2**20
     finally:
         CuImage.cache("per_process", memory_capacity=64)
 
