@@ -19,8 +19,8 @@ BATCH_MMAP_THRESHOLD = 1 << 20
 _PRIVATE = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)  # 0 where mmap takes no flags
 
 
-# libjpeg-turbo's SIMD colour conversion writes its output measurably slower when the output starts on a
-# 32-byte boundary (4K aliasing with its own 32-byte aligned row buffers), per 256² RGB tile, output at
+# libjpeg-turbo decodes measurably slower into an output that starts on a 32-byte boundary (likely 4K
+# aliasing with its own 32-byte aligned row buffers; not traced further), per 256² RGB tile, output at
 # 0 / 32 / other multiples of 4 mod 64: DICOM benchmark slide with simplejpeg 268-283 / 308-312 / 227-242 µs;
 # benchmark SVS with simplejpeg 254 / 271 / 229-231 µs, with imagecodecs 354 / 377 / 234-240 µs. JPEG-LS
 # (CharLS) does not care. Tile buffers and outputs therefore start 16 bytes past a 64-byte boundary.

@@ -154,20 +154,32 @@ def test_batches_share_the_workers_between_the_batches_decoded_at_once(small_sli
     assert not any(name.startswith("cucim_like-batch-") for name in inline)
 
 
+class _TileLog:
+    """A progress callback that records the tiles finished, from any thread; ``delay`` seconds a tile."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.tiles: list[int] = []
+        self.lock = threading.Lock()
+        self.delay = delay
+
+    def __call__(self, n: int) -> None:
+        with self.lock:
+            self.tiles.append(n)
+        time.sleep(self.delay * n)
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.tiles)
+
+
 def test_prefetch_is_bounded(small_slide):
     CuImage.cache("no_cache")
-    tiles = []
-    lock = threading.Lock()
-
-    def progress(n):
-        with lock:
-            tiles.append(n)
-
+    progress = _TileLog()
     locs = [(x * 64 + 1, 1) for x in range(10)]  # one tile per patch, one patch per batch
     it = CuImage(small_slide[0]).read_region(locs, (8, 8), batch_size=1, prefetch_factor=2, progress=progress)
     next(it)
     time.sleep(0.3)
-    assert sum(tiles) <= 1 + 2
+    assert progress.total() <= 1 + 2
     it.close()
 
 
@@ -275,24 +287,16 @@ def test_abandoning_an_iterator_stops_its_remaining_work(small_slide, abandon):
     far fewer than the 81 tiles of the three batches get decoded, and none after. num_workers=4 gives each
     batch in flight two decode threads that take the tiles one at a time (the next test covers one thread)."""
     CuImage.cache("no_cache")
-    tiles = []
-    lock = threading.Lock()
-
-    def progress(n):
-        with lock:
-            tiles.append(n)
-        time.sleep(0.02 * n)
+    progress = _TileLog(delay=0.02)
 
     first = [(1 + i, 1 + i) for i in range(40)]  # all in tile (0, 0)
     rest = [(tx * 64 + 1, ty * 64 + 1) for ty in range(8) for tx in range(11)][1:81]  # one tile each
     kwargs = {"batch_size": 40, "prefetch_factor": 2, "num_workers": 4, "progress": progress}
     abandon(CuImage(small_slide[0]), first + rest, kwargs)
     time.sleep(0.3)
-    with lock:
-        settled = sum(tiles)
+    settled = progress.total()
     time.sleep(0.3)
-    with lock:
-        assert sum(tiles) == settled  # nothing decoded any more
+    assert progress.total() == settled  # nothing decoded any more
     # the first batch's tile, and a few tiles of each prefetched batch (begun while the first one ran; slack
     # for a loaded machine), against 81 without cancellation
     assert 1 <= settled <= 1 + 2 * 8
