@@ -22,6 +22,8 @@ def as_int(value: object, name: str) -> int:
 
 def int_tuple(value: object, length: int | Sequence[int], name: str) -> tuple[int, ...]:
     """A tuple of integers from any sequence or NumPy integer array of one of the allowed lengths."""
+    if type(value) is tuple and len(value) == length and all(type(v) is int for v in value):
+        return value  # the common case, fast
     lengths = (length,) if isinstance(length, int) else tuple(length)
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "iu":
@@ -130,8 +132,23 @@ def _parse_locations(location: object, nd: int) -> tuple[np.ndarray, bool]:
     return arr.astype(np.int64), False
 
 
+_checked_fills: dict[tuple[int, str], int] = {}
+
+
 def check_fill(fill: object, dtype: np.dtype) -> float | int:
     """A fill value that ``dtype`` can hold exactly (integers in range; any real number for floats)."""
+    if type(fill) is int:  # the common case: remembered per (value, dtype)
+        key = (fill, dtype.str)
+        value = _checked_fills.get(key)
+        if value is None:
+            value = _check_fill(fill, dtype)
+            if len(_checked_fills) < 1024:
+                _checked_fills[key] = value
+        return value
+    return _check_fill(fill, dtype)
+
+
+def _check_fill(fill: object, dtype: np.dtype) -> float | int:
     if isinstance(fill, bool | np.bool_) or not isinstance(fill, numbers.Real | np.number):
         raise InvalidArgumentError(f"fill must be a number, got {fill!r}")
     if dtype.kind not in "iu":  # float and complex samples hold any real number

@@ -318,13 +318,17 @@ class CuImage:
             size = (w, h, z) if nd == 3 else (w, h)
         sz = args.check_size(args.int_tuple(size, nd, "size"))
         extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
-        locations, single = args.parse_locations(location, nd)
         b, prefetch = check_batch_arguments(batch_size, prefetch_factor)
+        if type(location) is tuple and len(location) == nd and all(type(v) is int for v in location):
+            locations, single = None, True  # one (x, y[, z]) of Python ints: the common case, without NumPy
+        else:
+            locations, single = args.parse_locations(location, nd)
+        if single or (len(locations) == 1 and b == 1):
+            start = self._level_start(location if locations is None else tuple(locations[0].tolist()), lvl)
+            out = self._read_channels(lvl, pick, squeeze, start, extent, buf, fill_value, workers, progress,
+                                      target)
+            return self._rescaled(out, start[0]) if rescale else out
         starts = self._level_starts(locations, lvl)
-        if single or (len(starts) == 1 and b == 1):
-            out = self._read_channels(lvl, pick, squeeze, tuple(starts[0].tolist()), extent, buf, fill_value,
-                                      workers, progress, target)
-            return self._rescaled(out, int(starts[0][0])) if rescale else out
         if rescale:
             raise InvalidArgumentError("rescale=True works on single reads")
         if any(e > s for e, s in zip(extent, lvl.shape[:3], strict=True)):
@@ -533,6 +537,15 @@ class CuImage:
 
         return level_to_dask(self, args.check_level(level, len(self._source.levels)), chunks)
 
+    def _level_start(self, location: tuple[int, ...], lvl: Level) -> tuple[int, int, int]:
+        """One level-0 (x, y[, z]) location -> (z, y, x) start in ``lvl``'s pixels (as :meth:`_level_starts`)."""
+        if not all(-_INT64 <= v < _INT64 for v in location):
+            raise InvalidArgumentError("locations do not fit 64-bit integers")
+        n = len(location)
+        factors = (lvl.scale[::-1] if lvl.scale is not None else (lvl.downsample, lvl.downsample, 1.0))[:n]
+        scaled = [v if f == 1 else math.floor(v / f) for v, f in zip(location, factors, strict=True)]
+        return (0, scaled[1], scaled[0]) if n == 2 else (scaled[2], scaled[1], scaled[0])
+
     def _level_starts(self, locations: np.ndarray, lvl: Level) -> np.ndarray:
         """Level-0 (x, y[, z]) locations -> (z, y, x) starts in ``lvl``'s pixels, int64 (N, 3)."""
         # factors (x, y, z): per axis where the level has them (anisotropic volume pyramids), else the level's
@@ -625,6 +638,9 @@ class CuImage:
         state = "closed " if self._closed else ""
         return (f"<{state}CuImage {self._path!r} {self._source.format_name}/{self._source.vendor} "
                 f"shape={self.shape} dtype={self.dtype} levels={len(self._source.levels)}>")
+
+
+_INT64 = 1 << 63
 
 
 def _level_of_planes(level: Level, planes: list[int]) -> Level:

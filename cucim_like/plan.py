@@ -66,34 +66,40 @@ def plan_region(
     level_shape: (z, y, x, c); tile_shape: (tz, ty, tx); planes: 1 (contiguous samples) or c (one tile per
     sample). The output is (d, h, w, c). Parts of the region outside the level become ``fills``.
     """
+    size = tuple(int(v) for v in size)
+    plan = Plan(out_shape=(*size, int(level_shape[3])))
+    _plan_into(plan, level_shape, tile_shape, planes, start, size, 0)
+    return plan
+
+
+def _plan_into(plan: Plan, level_shape: Sequence[int], tile_shape: Sequence[int], planes: int,
+               start: Sequence[int], size: tuple[int, int, int], dz: int) -> None:
+    """Append the jobs and fills of one region to ``plan``, its output rows shifted by ``dz`` along z."""
     extent = tuple(int(v) for v in level_shape[:3])
     channels = int(level_shape[3])
     start = tuple(int(v) for v in start)
-    size = tuple(int(v) for v in size)
-    plan = Plan(out_shape=(*size, channels))
     grid = [-(-e // t) for e, t in zip(extent, tile_shape, strict=True)]
     zs, ys, xs = (_axis_spans(start[i], size[i], extent[i], int(tile_shape[i])) for i in range(3))
     per_plane = channels // planes
+    jobs = plan.jobs
     for p in range(planes):
         c_box = (p * per_plane, (p + 1) * per_plane) if planes > 1 else (0, channels)
         src_c = (0, per_plane)
         for tz, z0, z1, oz in zs:
+            dst_z = (oz + dz, oz + dz + z1 - z0)
             for ty, y0, y1, oy in ys:
                 row = ((p * grid[0] + tz) * grid[1] + ty) * grid[2]
                 for tx, x0, x1, ox in xs:
-                    plan.jobs.append(
-                        TileJob(
-                            tile=row + tx,
-                            src=((z0, z1), (y0, y1), (x0, x1), src_c),
-                            dst=((oz, oz + z1 - z0), (oy, oy + y1 - y0), (ox, ox + x1 - x0), c_box),
-                        )
-                    )
-    plan.fills = _outside_boxes(start, size, extent, channels)
-    return plan
+                    jobs.append(TileJob(row + tx, ((z0, z1), (y0, y1), (x0, x1), src_c),
+                                        (dst_z, (oy, oy + y1 - y0), (ox, ox + x1 - x0), c_box)))
+    for (z0, z1), *rest in _outside_boxes(start, size, extent, channels):
+        plan.fills.append(((z0 + dz, z1 + dz), *rest))
 
 
 def _outside_boxes(start: tuple[int, ...], size: tuple[int, ...], extent: tuple[int, ...], channels: int) -> list[Box]:
     """Disjoint boxes covering the part of the output (d, h, w, c) that lies outside the level."""
+    if all(0 <= s and s + n <= e for s, n, e in zip(start, size, extent, strict=True)):
+        return []  # the usual region, inside the level
     inside = []
     for s, n, e in zip(start, size, extent, strict=True):
         lo = min(max(0, -s), n)
@@ -192,11 +198,5 @@ def plan_batch(
     d = size[0]
     batch = Plan(out_shape=(len(starts) * d, size[1], size[2], int(level_shape[3])))
     for i, start in enumerate(starts):
-        one = plan_region(level_shape, tile_shape, planes, start, size)
-        dz = i * d
-        for job in one.jobs:
-            (z0, z1), *rest = job.dst
-            batch.jobs.append(TileJob(job.tile, job.src, ((z0 + dz, z1 + dz), *rest)))
-        for (z0, z1), *rest in one.fills:
-            batch.fills.append(((z0 + dz, z1 + dz), *rest))
+        _plan_into(batch, level_shape, tile_shape, planes, start, size, i * d)
     return batch

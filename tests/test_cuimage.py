@@ -275,3 +275,20 @@ def test_coord_sys_of_a_dicom_volume_is_lps(tmp_path):
         assert img.origin == pytest.approx(fx.positions[0].tolist(), abs=1e-4)
         np.testing.assert_allclose(np.array(img.direction), fx.direction.T, atol=1e-6)
         assert img.spacing_units() == ["mm", "mm", "mm"]
+
+
+@pytest.mark.parametrize("loc", [(101, 61), (-3, -5), (-1, 999), (1399, 0), (0, -21)])
+def test_one_location_maps_to_a_level_as_a_batch_of_locations_does(small_slide, loc):
+    """A plain (x, y) of Python ints takes a path without NumPy; it must land where an array or a batch does
+    (level-0 coordinates floor-divided by the downsample, negatives included)."""
+    path, levels = small_slide
+    img = CuImage(path)
+    one = img.read_region(loc, (20, 10), level=1)
+    x, y = (v // 2 for v in loc)
+    want = np.zeros((10, 20, 3), np.uint8)
+    h, w = levels[1].shape[:2]
+    ys, xs = slice(max(y, 0), max(min(y + 10, h), 0)), slice(max(x, 0), max(min(x + 20, w), 0))
+    want[ys.start - y:ys.stop - y, xs.start - x:xs.stop - x] = levels[1][ys, xs]
+    np.testing.assert_array_equal(one, want)
+    np.testing.assert_array_equal(img.read_region(np.array(loc), (20, 10), level=1), want)
+    np.testing.assert_array_equal(next(iter(img.read_region([loc, loc], (20, 10), level=1, batch_size=2)))[1], want)

@@ -7,6 +7,8 @@ decode of the stored tiles, which may differ from our TurboJPEG path by a roundi
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -300,10 +302,22 @@ def test_frame_index_scanned_once_per_file(tmp_path, monkeypatch):
         return real_scan(inst, first)
 
     monkeypatch.setattr(dicom_frames, "_scan", counting)
+    monkeypatch.setattr(dicom_frames, "_indexes", type(dicom_frames._indexes)())
     img = CuImage(path)
     for i in (3, 7, 11, 0):
         np.testing.assert_array_equal(img.read_region((0, 0, i), (48, 64, 1))[0], ref[i])
     assert calls == [str(path)]
+    again = CuImage(path)  # the same file opened again: its index is kept per process
+    np.testing.assert_array_equal(again.read_region((0, 0, 5), (48, 64, 1))[0], ref[5])
+    assert calls == [str(path)]
+
+    # the file rewritten (other frames, other sizes): a new identity, scanned again
+    ref = dfx.write_encapsulated_multiframe(path, frames=7, codec="jpegls", offset_table="none", seed=1)
+    os.utime(path, ns=(1, 1))  # a distinct mtime even within the clock's resolution
+    changed = CuImage(path)
+    for i in (6, 2):
+        np.testing.assert_array_equal(changed.read_region((0, 0, i), (48, 64, 1))[0], ref[i])
+    assert calls == [str(path)] * 2
 
 
 @pytest.mark.parametrize("offset_table", ["bot", "none", "eot"])

@@ -4,17 +4,22 @@ Native frames follow from the header. Encapsulated frames come from the Extended
 Offset Table, else one scan of the fragment item headers (one 16-byte positional read per fragment). A
 frame's range starts at its first fragment's item header and covers all its fragments;
 the item headers are removed when it is decoded. Every offset is checked against the file before use.
+Encapsulated indexes are kept per process by file identity (device, inode, size, mtime), so a file opened
+again is not scanned again.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import CorruptFileError
+from ...fileio import file_identity
 from ..base import compressed_tile_limit
 
 if TYPE_CHECKING:
@@ -32,6 +37,55 @@ def native_frames(inst: DicomInstance) -> tuple[np.ndarray, np.ndarray]:
 
 def _error(inst: DicomInstance, message: str, frame: int | None = None) -> CorruptFileError:
     return CorruptFileError(message, path=inst.path, tile=None if frame is None else f"frame {frame}")
+
+
+# Encapsulated frame indexes by (file identity, pixel data offset, frames): 16 bytes per frame, at most
+# _INDEX_BYTES in all (least recently used dropped first). Arrays are read-only: they are shared.
+_INDEX_BYTES = 32 << 20
+_indexes: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_indexes_lock = threading.Lock()
+
+
+def frame_index(inst: DicomInstance) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, lengths) of every frame of ``inst``, int64 (frames,), read-only; encapsulated indexes come
+    from the per-process store when the same file (unchanged) was indexed before."""
+    if not inst.encapsulated:
+        return native_frames(inst)
+    if inst.inflated is not None:  # Deflated: frames of the inflated copy in memory, indexed per open
+        return encapsulated_frames(inst)
+    try:
+        key = (file_identity(inst.path), inst.pixel_offset, inst.frames)
+    except OSError:
+        return encapsulated_frames(inst)
+    with _indexes_lock:
+        hit = _indexes.get(key)
+        if hit is not None:
+            _indexes.move_to_end(key)
+            return hit
+    table = encapsulated_frames(inst)
+    for arr in table:
+        arr.flags.writeable = False
+    try:
+        unchanged = file_identity(inst.path) == key[0]
+    except OSError:
+        unchanged = False
+    if unchanged:  # not kept when the file changed while it was indexed
+        with _indexes_lock:
+            _indexes[key] = table
+            total = sum(a.nbytes + b.nbytes for a, b in _indexes.values())
+            while total > _INDEX_BYTES and len(_indexes) > 1:
+                _, (a, b) = _indexes.popitem(last=False)
+                total -= a.nbytes + b.nbytes
+    return table
+
+
+def _forget_lock_in_child() -> None:
+    global _indexes_lock
+    _indexes_lock = threading.Lock()  # another thread may have held it at fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_lock_in_child)
 
 
 def encapsulated_frames(inst: DicomInstance) -> tuple[np.ndarray, np.ndarray]:

@@ -304,14 +304,15 @@ class DicomInstance:
 
     # -- frames --------------------------------------------------------------------------------------------
     def frame_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """(offsets, lengths) of every frame, int64 (frames,): built once (header, offset tables or a scan)."""
+        """(offsets, lengths) of every frame, int64 (frames,): built once (header, offset tables or a scan;
+        an encapsulated file indexed before in this process, unchanged, is not scanned again)."""
         table = self._frame_table
         if table is None:
             with self._lock:
                 if self._frame_table is None:
-                    from .frames import encapsulated_frames, native_frames
+                    from .frames import frame_index
 
-                    self._frame_table = native_frames(self) if not self.encapsulated else encapsulated_frames(self)
+                    self._frame_table = frame_index(self)
                 table = self._frame_table
         return table
 
