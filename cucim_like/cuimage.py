@@ -318,11 +318,11 @@ class CuImage:
             size = (w, h, z) if nd == 3 else (w, h)
         sz = args.check_size(args.int_tuple(size, nd, "size"))
         extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
-        b, prefetch = check_batch_arguments(batch_size, prefetch_factor)
         if type(location) is tuple and len(location) == nd and all(type(v) is int for v in location):
             locations, single = None, True  # one (x, y[, z]) of Python ints: the common case, without NumPy
         else:
             locations, single = args.parse_locations(location, nd)
+        b, prefetch = check_batch_arguments(batch_size, prefetch_factor)
         if single or (len(locations) == 1 and b == 1):
             start = self._level_start(location if locations is None else tuple(locations[0].tolist()), lvl)
             out = self._read_channels(lvl, pick, squeeze, start, extent, buf, fill_value, workers, progress,

@@ -311,13 +311,29 @@ def test_frame_index_scanned_once_per_file(tmp_path, monkeypatch):
     np.testing.assert_array_equal(again.read_region((0, 0, 5), (48, 64, 1))[0], ref[5])
     assert calls == [str(path)]
 
-    # the file rewritten (other frames, other sizes): a new identity, scanned again
-    ref = dfx.write_encapsulated_multiframe(path, frames=7, codec="jpegls", offset_table="none", seed=1)
+    # the file rewritten with other frames (as many): a new identity, scanned again
+    ref = dfx.write_encapsulated_multiframe(path, frames=12, codec="jpegls", offset_table="none", seed=1)
     os.utime(path, ns=(1, 1))  # a distinct mtime even within the clock's resolution
     changed = CuImage(path)
     for i in (6, 2):
         np.testing.assert_array_equal(changed.read_region((0, 0, i), (48, 64, 1))[0], ref[i])
     assert calls == [str(path)] * 2
+
+    # rewritten between an open and its first read (here with the same bytes, so that read succeeds): what
+    # it indexes, from the header it opened, is not kept under the new file's identity
+    dfx.write_encapsulated_multiframe(path, frames=12, codec="jpegls", offset_table="none", seed=2)
+    os.utime(path, ns=(2, 2))
+    stale = CuImage(path)
+    ref = dfx.write_encapsulated_multiframe(path, frames=12, codec="jpegls", offset_table="none", seed=2)
+    os.utime(path, ns=(3, 3))
+    try:
+        stale.read_region((0, 0, 1), (48, 64, 1))
+    except CucimLikeError:
+        pass
+    fresh = CuImage(path)
+    for i in (11, 4):
+        np.testing.assert_array_equal(fresh.read_region((0, 0, i), (48, 64, 1))[0], ref[i])
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize("offset_table", ["bot", "none", "eot"])

@@ -39,24 +39,28 @@ def _error(inst: DicomInstance, message: str, frame: int | None = None) -> Corru
     return CorruptFileError(message, path=inst.path, tile=None if frame is None else f"frame {frame}")
 
 
-# Encapsulated frame indexes by (file identity, pixel data offset, frames): 16 bytes per frame, at most
-# _INDEX_BYTES in all (least recently used dropped first). Arrays are read-only: they are shared.
+# Encapsulated frame indexes by (file identity at open, pixel data offset, frames): 16 bytes per frame plus
+# about _ENTRY_OVERHEAD per index, at most _INDEX_BYTES in all (least recently used dropped first); an index
+# over a quarter of that is not kept. Arrays are read-only: they are shared.
 _INDEX_BYTES = 32 << 20
+_ENTRY_OVERHEAD = 1024
 _indexes: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_indexes_size = [0]
 _indexes_lock = threading.Lock()
+
+
+def _entry_bytes(table: tuple[np.ndarray, np.ndarray]) -> int:
+    return table[0].nbytes + table[1].nbytes + _ENTRY_OVERHEAD
 
 
 def frame_index(inst: DicomInstance) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, lengths) of every frame of ``inst``, int64 (frames,), read-only; encapsulated indexes come
-    from the per-process store when the same file (unchanged) was indexed before."""
+    from the per-process store when the same file, unchanged since ``inst`` was opened, was indexed before."""
     if not inst.encapsulated:
         return native_frames(inst)
     if inst.inflated is not None:  # Deflated: frames of the inflated copy in memory, indexed per open
         return encapsulated_frames(inst)
-    try:
-        key = (file_identity(inst.path), inst.pixel_offset, inst.frames)
-    except OSError:
-        return encapsulated_frames(inst)
+    key = (inst.identity, inst.pixel_offset, inst.frames)
     with _indexes_lock:
         hit = _indexes.get(key)
         if hit is not None:
@@ -65,17 +69,19 @@ def frame_index(inst: DicomInstance) -> tuple[np.ndarray, np.ndarray]:
     table = encapsulated_frames(inst)
     for arr in table:
         arr.flags.writeable = False
+    size = _entry_bytes(table)
     try:
-        unchanged = file_identity(inst.path) == key[0]
+        unchanged = file_identity(inst.path) == inst.identity
     except OSError:
         unchanged = False
-    if unchanged:  # not kept when the file changed while it was indexed
+    if unchanged and size <= _INDEX_BYTES // 4:  # the header it was built from is the file's header now
         with _indexes_lock:
-            _indexes[key] = table
-            total = sum(a.nbytes + b.nbytes for a, b in _indexes.values())
-            while total > _INDEX_BYTES and len(_indexes) > 1:
-                _, (a, b) = _indexes.popitem(last=False)
-                total -= a.nbytes + b.nbytes
+            if key not in _indexes:
+                _indexes[key] = table
+                _indexes_size[0] += size
+            while _indexes_size[0] > _INDEX_BYTES:
+                _, old = _indexes.popitem(last=False)
+                _indexes_size[0] -= _entry_bytes(old)
     return table
 
 

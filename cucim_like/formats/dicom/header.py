@@ -7,7 +7,6 @@ few bytes); the frame index (offset and length of every frame) is built on first
 from __future__ import annotations
 
 import io
-import os
 import struct
 import threading
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import CorruptFileError, CucimLikeError, UnsupportedFormatError
+from ...fileio import file_identity
 from ..base import CodecSpec, ImageSource
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -157,7 +157,8 @@ class DicomInstance:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.file_size = os.path.getsize(path)
+        self.identity = file_identity(path)  # before the header is read: what the frame index is kept under
+        self.file_size = self.identity[2]
         try:
             self._parse()
         except CucimLikeError:
