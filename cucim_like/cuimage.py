@@ -542,16 +542,14 @@ class CuImage:
         if not all(-_INT64 <= v < _INT64 for v in location):
             raise InvalidArgumentError("locations do not fit 64-bit integers")
         n = len(location)
-        factors = (lvl.scale[::-1] if lvl.scale is not None else (lvl.downsample, lvl.downsample, 1.0))[:n]
+        factors = _level_factors(lvl, n)
         scaled = [v if f == 1 else math.floor(v / f) for v, f in zip(location, factors, strict=True)]
         return (0, scaled[1], scaled[0]) if n == 2 else (scaled[2], scaled[1], scaled[0])
 
     def _level_starts(self, locations: np.ndarray, lvl: Level) -> np.ndarray:
         """Level-0 (x, y[, z]) locations -> (z, y, x) starts in ``lvl``'s pixels, int64 (N, 3)."""
-        # factors (x, y, z): per axis where the level has them (anisotropic volume pyramids), else the level's
-        # downsample in x and y and none in z
         n = locations.shape[1]
-        factors = (lvl.scale[::-1] if lvl.scale is not None else (lvl.downsample, lvl.downsample, 1.0))[:n]
+        factors = _level_factors(lvl, n)
         scaled = locations
         if any(f != 1 for f in factors):
             scaled = np.floor(locations / np.array(factors)).astype(np.int64)
@@ -641,6 +639,12 @@ class CuImage:
 
 
 _INT64 = 1 << 63
+
+
+def _level_factors(lvl: Level, n: int) -> tuple[float, ...]:
+    """Level-0 pixels per pixel of ``lvl`` along (x, y[, z]) (``n`` axes): per axis where the level has them
+    (anisotropic volume pyramids), else its downsample in x and y and none in z."""
+    return tuple((lvl.scale[::-1] if lvl.scale is not None else (lvl.downsample, lvl.downsample, 1.0))[:n])
 
 
 def _level_of_planes(level: Level, planes: list[int]) -> Level:
