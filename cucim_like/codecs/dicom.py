@@ -60,9 +60,15 @@ class ItemFramedDecoder(Decoder):
     def __init__(self, inner: Decoder) -> None:
         super().__init__(inner.spec, inner.tile_shape, inner.dtype)
         self.inner = inner
+        self.crops = bool(getattr(inner, "crops", False))
 
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
         return self.inner.decode(join_items(data), out)
+
+    def decode_crop(self, data: bytes | memoryview, y0: int, y1: int, x0: int, x1: int,
+                    scratch: np.ndarray) -> np.ndarray | None:
+        """The inner decoder's cropped decode of the joined stream (see JpegDecoder.decode_crop)."""
+        return self.inner.decode_crop(join_items(data), y0, y1, x0, x1, scratch)
 
 
 def _check_frame(height: int, width: int, comps: int, tile_shape: tuple[int, ...], what: str) -> None:

@@ -76,6 +76,7 @@ class _Read:
         self.zero_copy = bool(getattr(self.decoder, "zero_copy", False))
         if self.zero_copy:
             self.insert = False  # the page cache holds such tiles already
+        self.crops = bool(getattr(self.decoder, "crops", False))
 
     def file_of(self, tile: int) -> int:
         return int(self.file_ids[tile]) if self.file_ids is not None else 0
@@ -111,10 +112,48 @@ class _Read:
         view = self.out[box_slices(dst)]
         return view if view.flags.c_contiguous or getattr(self.decoder, "strided_out", False) else None
 
+    def crop_box(self, jobs: list[TileJob], shape: tuple[int, ...], tile: int) -> tuple[int, int, int, int] | None:
+        """(y0, y1, x0, x1) of a 2-D tile that the jobs need only part of, to be decoded cropped; None when
+        they need it whole, or when it should be decoded whole for the cache: while the cache has room, or on
+        the second request of a tile whose key the cache still remembers."""
+        if shape != self.decoder.tile_shape or shape[0] != 1:
+            return None
+        y0, y1, x0, x1 = shape[1], 0, shape[2], 0
+        for _, (_, (sy0, sy1), (sx0, sx1), _), _ in jobs:
+            y0, y1, x0, x1 = min(y0, sy0), max(y1, sy1), min(x0, sx0), max(x1, sx1)
+        if y0 == 0 and x0 == 0 and y1 == shape[1] and x1 == shape[2]:
+            return None
+        if self.insert:
+            cache = self.cache
+            if cache.free_memory >= self.level.decoded_tile_nbytes or cache.admit_whole(self.cache_key(tile)):
+                return None
+        return y0, y1, x0, x1
+
+    def decode_cropped(self, tile: int, data: bytes | memoryview, jobs: list[TileJob],
+                       shape: tuple[int, ...]) -> bool:
+        """Decode only the part of the tile the jobs need and place it; False when the decoder declines."""
+        box = self.crop_box(jobs, shape, tile)
+        if box is None:
+            return False
+        y0, y1, x0, x1 = box
+        try:
+            part = self.decoder.decode_crop(data, y0, y1, x0, x1, _scratch.get(shape, self.level.dtype))
+        except CucimLikeError as exc:
+            raise DecodeError(exc.message, path=self.path, level=self.level.index,
+                              tile=tile_coords(self.level, tile)) from exc
+        if part is None:
+            return False
+        shifted = [TileJob(tile, (z, (sy0 - y0, sy1 - y0), (sx0 - x0, sx1 - x0), c), dst)
+                   for _, (z, (sy0, sy1), (sx0, sx1), c), dst in jobs]
+        self.place(part, shifted, tile)
+        return True
+
     def decode_place(self, tile: int, data: bytes | memoryview, jobs: list[TileJob]) -> None:
         level = self.level
         shape = level.tile_extent(tile)
         direct = self.direct_target(jobs, shape)
+        if direct is None and self.crops and self.decode_cropped(tile, data, jobs, shape):
+            return
         if direct is not None:
             buf = direct
         elif self.insert:
