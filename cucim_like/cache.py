@@ -162,6 +162,11 @@ class TileCache:
                     return arr
         return None
 
+    def has_room(self, nbytes: int) -> bool:
+        """Whether a tile of ``nbytes`` would fit without evicting one (bytes and tile count)."""
+        limit = self._item_limit
+        return self.free_memory >= nbytes and (limit is None or self.size < limit)
+
     def admit_whole(self, key: Hashable) -> bool:
         """Whether a tile decoded straight into a caller's output (a frame, a chunk, a tile read whole) earns a
         copy in the cache: on its second request while its key is still remembered, not on its first.

@@ -89,7 +89,9 @@ class JpegDecoder(Decoder):
         uint8 array); returns that part as (1, y1 - y0, x1 - x0, samples), a view into ``scratch``.
 
         None when this stream cannot be decoded cropped (no TurboJPEG, RGB samples, lossless, a stream
-        TurboJPEG refuses): the caller then decodes the whole tile, which raises for a damaged stream.
+        TurboJPEG refuses) or when a crop would save little: the caller then decodes the whole tile, which
+        raises for a damaged stream. Rows below the crop are never read, so damage there alone goes unseen,
+        as it would by any decoder that stops at the rows it needs.
         """
         if self._tj is None:
             return None

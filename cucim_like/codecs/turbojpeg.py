@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -43,11 +44,11 @@ class _Region(ctypes.Structure):
 _FULL = _Region(0, 0, 0, 0)
 
 
-def _candidates() -> list[str]:
-    paths = []
+def _candidates() -> Iterator[str]:
+    """Library paths to try, in order; the system search (which runs ``ldconfig``) only when needed."""
     env = os.environ.get("CUCIM_LIKE_TURBOJPEG")
     if env:
-        paths.append(env)
+        yield env
     try:
         files = metadata.files("turbojpeg") or []
     except metadata.PackageNotFoundError:
@@ -55,11 +56,10 @@ def _candidates() -> list[str]:
     for f in files:
         name = Path(str(f)).name
         if name.startswith("libturbojpeg") and ".so" in name:  # the wheel's bundled copy (Linux)
-            paths.append(str(f.locate()))
+            yield str(f.locate())
     system = ctypes.util.find_library("turbojpeg")
     if system:
-        paths.append(system)
-    return paths
+        yield system
 
 
 def _load() -> TurboJpeg | None:
@@ -75,6 +75,15 @@ def _load() -> TurboJpeg | None:
 
 _state: list = []
 _state_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _state_lock
+    _state_lock = threading.Lock()  # a thread of the parent may have held it while loading
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def library() -> TurboJpeg | None:

@@ -186,3 +186,17 @@ def test_cropped_dicom_frames_equal_whole_frame_decodes(tmp_path, monkeypatch, s
         got = img.read_region((x, y), (w, h))
         tfx.assert_close(got.reshape(h, w, -1), ref[y : y + h, x : x + w].reshape(h, w, -1), 0, f"{(x, y, w, h)}")
     assert spy.parts > 20
+
+
+@requires_turbojpeg
+def test_a_cache_full_by_tile_count_crops_partial_tiles(tmp_path, monkeypatch):
+    _tiled_jpeg(tmp_path / "t.tif", 3, "420", tile=(64, 64))
+    spy = _Spy(monkeypatch)
+    cache = CuImage.cache("per_process", memory_capacity=64, capacity=1)  # bytes to spare, one tile
+    img = CuImage(tmp_path / "t.tif")
+    img.read_region((10, 10), (20, 20))
+    assert cache.size == 1 and spy.parts == 0
+    img.read_region((70, 10), (20, 20))  # full by count: cropped, the first tile stays
+    assert cache.size == 1 and spy.parts == 1
+    img.read_region((11, 11), (5, 5))
+    assert cache.hit_count == 1
