@@ -167,6 +167,11 @@ class TileCache:
         limit = self._item_limit
         return self.free_memory >= nbytes and (limit is None or self.size < limit)
 
+    def admit_part(self, key: Hashable) -> bool:
+        """Whether a tile a read needs only part of, arriving while the cache is full, is decoded whole and
+        kept: on its second request while its key is still remembered (the first is decoded cropped)."""
+        return TileCache.admit_whole(self, key)
+
     def admit_whole(self, key: Hashable) -> bool:
         """Whether a tile decoded straight into a caller's output (a frame, a chunk, a tile read whole) earns a
         copy in the cache: on its second request while its key is still remembered, not on its first.

@@ -18,6 +18,7 @@ import hashlib
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Hashable
 from multiprocessing import shared_memory
 
@@ -79,6 +80,9 @@ class SharedMemoryCache(TileCache):
             self._index[:] = np.zeros(1, _ENTRY)
         self._fd = -1
         self._tlock = threading.Lock()
+        # keys of partial tiles this process decoded cropped (TileCache.admit_part): a second request keeps one
+        self._lock = threading.Lock()
+        self._seen_whole: OrderedDict[Hashable, None] = OrderedDict()
         _LIVE.add(self)
 
     # -- process-wide attachment ---------------------------------------------------------------------------
@@ -96,6 +100,7 @@ class SharedMemoryCache(TileCache):
                 pass
         self._fd = -1
         self._tlock = threading.Lock()
+        self._lock = threading.Lock()
 
     class _Locked:
         """Holds the thread lock, then an exclusive flock on this process's descriptor of the segment."""
@@ -236,6 +241,10 @@ class SharedMemoryCache(TileCache):
             shape = np.zeros(4, np.int32)
             shape[: arr.ndim] = arr.shape
             self._index[slot] = (digest, pos, n, shape, arr.dtype.str.encode(), 1)
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether the ring has never wrapped (a tile of ``nbytes`` overwrites none); reads only the header."""
+        return int(self._header[_H_HEAD]) + nbytes <= self.memory_capacity
 
     def admit_whole(self, key: Hashable) -> bool:
         """Always: other processes may want the tile, and ``put`` copies into memory that is already mapped."""

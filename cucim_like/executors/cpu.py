@@ -125,7 +125,7 @@ class _Read:
             return None
         if self.insert:
             cache = self.cache
-            if cache.has_room(self.level.decoded_tile_nbytes) or cache.admit_whole(self.cache_key(tile)):
+            if cache.has_room(self.level.decoded_tile_nbytes) or cache.admit_part(self.cache_key(tile)):
                 return None
         return y0, y1, x0, x1
 

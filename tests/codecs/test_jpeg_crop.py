@@ -200,3 +200,26 @@ def test_a_cache_full_by_tile_count_crops_partial_tiles(tmp_path, monkeypatch):
     assert cache.size == 1 and spy.parts == 1
     img.read_region((11, 11), (5, 5))
     assert cache.hit_count == 1
+
+
+@requires_turbojpeg
+def test_shared_memory_cache_keeps_partial_tiles_until_its_ring_wraps_then_on_second_request(tmp_path,
+                                                                                             monkeypatch):
+    _tiled_jpeg(tmp_path / "t.tif", 3, "420", tile=(64, 64))
+    spy = _Spy(monkeypatch)
+    tile_bytes = 64 * 64 * 3
+    cache = CuImage.cache("shared_memory", memory_capacity=2 * tile_bytes / 2**20)
+    try:
+        img = CuImage(tmp_path / "t.tif")
+        img.read_region((10, 10), (20, 20))  # the ring has room: decoded whole, kept
+        img.read_region((70, 10), (20, 20))
+        assert spy.parts == 0 and cache.size == 2
+        img.read_region((130, 10), (20, 20))  # would overwrite: cropped
+        assert spy.parts == 1
+        img.read_region((130, 10), (20, 20))  # second request: decoded whole, kept
+        assert spy.parts == 1
+        hits = cache.hit_count
+        img.read_region((131, 11), (5, 5))
+        assert cache.hit_count == hits + 1 and spy.parts == 1
+    finally:
+        CuImage.cache("no_cache")
