@@ -13,9 +13,10 @@ Two halves:
 A job is ``{"path": str, "ops": list | None}``. Ops (all optional, in order, after the open):
 ``["region", x, y, w, h, level, workers]``, ``["level", index, workers]`` (whole level, -1 = smallest),
 ``["assoc"]`` (every associated image up to 256 MB), ``["associated", name]`` (that one, whatever its size),
-``["meta"]`` (metadata and resolutions), and for testing the harness
+``["meta"]`` (metadata and resolutions), ``["nocache"]`` (later ops without a tile cache), and for testing the harness
 itself ``["selftest-abort"]``, ``["selftest-sleep", s]``, ``["selftest-raise"]``. ``"ops": None`` means the
-default set for mutants: metadata, four regions, the whole smallest level and the associated images.
+default set for mutants: metadata, four regions, the whole smallest level, the associated images, then two
+regions without a cache.
 
 Each op's outcome is ``{"op": ..., "ok": true}`` or ``{"op": ..., "exc": class name, "typed": bool,
 "path"/"level"/"tile": the error's fields, "msg": str}``; a job also reports the growth of the peak resident
@@ -212,6 +213,11 @@ def _default_ops(img) -> list[list]:
     else:
         ops.append(["region", 0, 0, 512, 512, last, 2])
     ops.append(["assoc"])
+    # without a cache, parts of tiles are decoded cropped (JPEG through TurboJPEG): the same damaged bytes
+    # must fail as cleanly on that path
+    ops.append(["nocache"])
+    ops.append(["region", min(10, w0 - 1), min(10, h0 - 1), 100, 60, 0, 1])
+    ops.append(["region", max(0, w0 // 2 - 37), max(0, h0 // 2 - 53), 90, 70, 0, 2])
     return ops
 
 
@@ -237,6 +243,10 @@ def _run_op(img, op: list) -> None:
                 img.associated_image(name)
     elif kind == "associated":  # one associated image, whatever its size
         img.associated_image(op[1])
+    elif kind == "nocache":  # later ops of the job read without a tile cache
+        import cucim_like
+
+        cucim_like.CuImage.cache("no_cache")
     elif kind == "selftest-abort":  # the harness's own tests: a crash, a hang, an untyped error
         os.abort()
     elif kind == "selftest-sleep":
