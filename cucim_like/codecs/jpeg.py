@@ -73,16 +73,6 @@ class JpegDecoder(Decoder):
         """The complete stream: JPEGTables spliced in front of an abbreviated tile."""
         return self._prefix + bytes(data[2:]) if self._prefix is not None else bytes(data)
 
-    def _tj_header(self, stream: bytes, height: int):
-        """TurboJPEG's header of ``stream`` when it can decode and crop it as the frame says, else None."""
-        header = self._tj.header(stream)
-        if isinstance(header, str):
-            return None
-        rows, cols, precision, _, _, lossless = header
-        if (rows, cols) != (height, self.tile_shape[2]) or precision != 8 or lossless:
-            return None
-        return header
-
     def decode_crop(self, data: bytes | memoryview, y0: int, y1: int, x0: int, x1: int,
                     scratch: np.ndarray) -> np.ndarray | None:
         """Decode rows [y0, y1) and columns [x0, x1) of the tile into ``scratch`` (a C-contiguous tile-shaped
@@ -95,18 +85,23 @@ class JpegDecoder(Decoder):
         """
         if self._tj is None:
             return None
-        precision, height = self._frame(data)
-        if precision != 8 or y1 > height or self._needs_rgb_input(data):
-            return None
-        ty, width = self.tile_shape[1], self.tile_shape[2]
+        _, ty, width, samples = self.tile_shape
         if _crop_cost(y0, y1, (x1 - x0) / width, ty) >= _WHOLE_COST:  # not even at its narrowest
             return None
+        if self._needs_rgb_input(data):
+            return None
         stream = self._stream(data)
-        header = self._tj_header(stream, height)
-        mcu = self._tj.mcu_width(header[3]) if header is not None else 0
+        header = self._tj.header(stream)
+        if isinstance(header, str):
+            return None
+        # the frame must be the tile's (a short last strip: fewer rows), 8-bit, DCT, with the tile's samples
+        height, frame_width, precision, subsampling, colorspace, lossless = header
+        if (frame_width != width or not y1 <= height <= ty or precision != 8 or lossless
+                or colorspace not in _COLORSPACES[samples]):
+            return None
+        mcu = self._tj.mcu_width(subsampling)
         if not mcu:
             return None
-        samples = self.tile_shape[3]
         # The left edge must sit on an iMCU column. Columns at a cropped edge are upsampled without their
         # outer neighbour, so a margin (at least one column, within one iMCU) is decoded on each cut side.
         left = (x0 - 1) // mcu * mcu if x0 > 0 else 0
@@ -154,6 +149,8 @@ class JpegDecoder(Decoder):
 # 0.13. Full-width crops measured 155 µs for the top half, 227 µs for the bottom half, 275 µs for all rows;
 # simplejpeg decodes the whole tile in about 0.92 of TurboJPEG's time, so a crop must cost less than that.
 _WHOLE_COST = 0.92
+# TurboJPEG colour spaces (TJCS_RGB 0, TJCS_YCbCr 1, TJCS_GRAY 2) a tile of 3 or 1 samples may be stored in
+_COLORSPACES = {3: (0, 1), 1: (2,)}
 
 
 def _crop_cost(y0: int, y1: int, width_fraction: float, height: int) -> float:

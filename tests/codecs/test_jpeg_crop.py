@@ -223,3 +223,18 @@ def test_shared_memory_cache_keeps_partial_tiles_until_its_ring_wraps_then_on_se
         assert cache.hit_count == hits + 1 and spy.parts == 1
     finally:
         CuImage.cache("no_cache")
+
+
+@requires_turbojpeg
+def test_cropped_strips_including_a_short_last_strip(tmp_path, monkeypatch):
+    arr = tfx.make_image(H, W, 3, "uint8", seed=5)
+    path = tmp_path / "strips.tif"
+    with tifffile.TiffWriter(path) as tw:  # 48-row strips: the last one holds 8 rows
+        tfx.write_jpeg_tables_page(tw, arr, None, photometric="ycbcr", encode={"level": 85}, rowsperstrip=48)
+    ref = tifffile.imread(path)
+    spy = _Spy(monkeypatch)
+    CuImage.cache("no_cache")
+    img = CuImage(path)
+    for x, y, w, h in [(5, 190, 100, 10), (0, 195, W, 5), (100, 150, 50, 45), (17, 3, 30, 20)]:
+        tfx.assert_close(img.read_region((x, y), (w, h)), ref[y : y + h, x : x + w], 0, f"{(x, y, w, h)}")
+    assert spy.parts >= 4
