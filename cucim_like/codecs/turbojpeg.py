@@ -15,11 +15,10 @@ releases the GIL for each call.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import importlib.util
 import os
 import threading
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +48,21 @@ def _candidates() -> Iterator[str]:
     env = os.environ.get("CUCIM_LIKE_TURBOJPEG")
     if env:
         yield env
-    try:
-        files = metadata.files("turbojpeg") or []
-    except metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        name = Path(str(f)).name
-        if name.startswith("libturbojpeg") and ".so" in name:  # the wheel's bundled copy (Linux)
-            yield str(f.locate())
+    # the wheel's bundled copy (Linux: auditwheel puts it in ``turbojpeg.libs`` beside the module); found
+    # without importing the module, nor importlib.metadata (12 ms) unless that layout is not there
+    spec = importlib.util.find_spec("turbojpeg")
+    if spec is not None and spec.origin:
+        found = sorted(Path(spec.origin).parent.glob("turbojpeg.libs/libturbojpeg*.so*"))
+        yield from (str(p) for p in found)
+        if not found:
+            from importlib import metadata
+
+            for f in metadata.files("turbojpeg") or []:
+                name = Path(str(f)).name
+                if name.startswith("libturbojpeg") and ".so" in name:
+                    yield str(f.locate())
+    import ctypes.util  # runs ldconfig: only when no bundled copy loaded
+
     system = ctypes.util.find_library("turbojpeg")
     if system:
         yield system
