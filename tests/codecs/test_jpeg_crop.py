@@ -238,3 +238,15 @@ def test_cropped_strips_including_a_short_last_strip(tmp_path, monkeypatch):
     for x, y, w, h in [(5, 190, 100, 10), (0, 195, W, 5), (100, 150, 50, 45), (17, 3, 30, 20)]:
         tfx.assert_close(img.read_region((x, y), (w, h)), ref[y : y + h, x : x + w], 0, f"{(x, y, w, h)}")
     assert spy.parts >= 4
+
+
+@requires_turbojpeg
+def test_library_loads_without_importing_the_wheels_module_and_skips_a_bad_path():
+    import subprocess
+    import sys
+
+    code = ("import sys; from cucim_like.codecs import turbojpeg as t; lib = t.library(); "
+            "print(lib is not None, 'turbojpeg' in sys.modules)")
+    env = {**__import__("os").environ, "CUCIM_LIKE_TURBOJPEG": "/nonexistent/libturbojpeg.so"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["True", "False"]
