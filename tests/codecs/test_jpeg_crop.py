@@ -250,3 +250,65 @@ def test_library_loads_without_importing_the_wheels_module_and_skips_a_bad_path(
     env = {**__import__("os").environ, "CUCIM_LIKE_TURBOJPEG": "/nonexistent/libturbojpeg.so"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["True", "False"]
+
+
+def _tiff_of_streams(path, streams: list[bytes], samples: int, tile=(64, 96), photometric: str = "rgb") -> None:
+    tifffile.imwrite(path, iter(streams), shape=(H, W, samples) if samples > 1 else (H, W), dtype=np.uint8,
+                     tile=tile, compression=7, photometric=photometric)
+
+
+def _reference(streams: list[bytes], samples: int, tile=(64, 96), **decode) -> np.ndarray:
+    """The image as imagecodecs decodes each tile whole."""
+    cols = -(-W // tile[1])
+    ref = np.zeros((-(-H // tile[0]) * tile[0], cols * tile[1], samples), np.uint8)
+    for i, s in enumerate(streams):
+        ty, tx = divmod(i, cols)
+        ref[ty * tile[0] : (ty + 1) * tile[0], tx * tile[1] : (tx + 1) * tile[1]] = (
+            imagecodecs.jpeg8_decode(s, **decode).reshape(tile[0], tile[1], samples))
+    return ref[:H, :W]
+
+
+def _check_regions(img, ref, n: int = 25) -> None:
+    rng = random.Random(11)
+    for _ in range(n):
+        w, h = rng.randrange(1, 90), rng.randrange(1, 90)
+        x, y = rng.randrange(0, W - w + 1), rng.randrange(0, H - h + 1)
+        tfx.assert_close(img.read_region((x, y), (w, h)), ref[y : y + h, x : x + w], 0, f"{(x, y, w, h)}")
+
+
+@requires_turbojpeg
+def test_progressive_tiles_are_cropped_with_the_pixels_of_a_whole_decode(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    arr = tfx.make_image(H, W, 3, "uint8", seed=9)
+    streams = []
+    for t in tfx.iter_tiles(arr, 64, 96):
+        out = io.BytesIO()
+        Image.fromarray(t).save(out, "JPEG", quality=85, progressive=True)
+        streams.append(out.getvalue())
+    assert b"\xff\xc2" in streams[0]  # SOF2: progressive
+    _tiff_of_streams(tmp_path / "p.tif", streams, 3)
+    spy = _Spy(monkeypatch)
+    CuImage.cache("no_cache")
+    _check_regions(CuImage(tmp_path / "p.tif"), _reference(streams, 3))
+    assert spy.parts > 20
+
+
+@requires_turbojpeg
+def test_lossless_and_unconverted_rgb_tiles_are_decoded_whole(tmp_path, monkeypatch):
+    arr = tfx.make_image(H, W, 3, "uint8", seed=4)
+    spy = _Spy(monkeypatch)
+    CuImage.cache("no_cache")
+    # lossless JPEG (SOF3): TurboJPEG cannot crop it; the whole decode is exact
+    lossless = [bytes(imagecodecs.jpeg8_encode(t, lossless=True)) for t in tfx.iter_tiles(arr, 64, 96)]
+    _tiff_of_streams(tmp_path / "ll.tif", lossless, 3)
+    _check_regions(CuImage(tmp_path / "ll.tif"), arr, 10)
+    # RGB samples without a JFIF marker (Aperio 33005 style): libjpeg must not colour-convert them
+    path = tmp_path / "rgb.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tfx.write_jpeg_tables_page(tw, arr, (64, 96), photometric="rgb", drop_app=True,
+                                   encode={"level": 90, "colorspace": "RGB", "outcolorspace": "RGB"})
+    _check_regions(CuImage(path), tifffile.imread(path), 10)
+    assert spy.parts == 0
