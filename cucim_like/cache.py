@@ -170,7 +170,7 @@ class TileCache:
     def admit_part(self, key: Hashable) -> bool:
         """Whether a tile a read needs only part of, arriving while the cache is full, is decoded whole and
         kept: on its second request while its key is still remembered (the first is decoded cropped)."""
-        return TileCache.admit_whole(self, key)
+        return self._second_request(key)
 
     def admit_whole(self, key: Hashable) -> bool:
         """Whether a tile decoded straight into a caller's output (a frame, a chunk, a tile read whole) earns a
@@ -180,6 +180,11 @@ class TileCache:
         (fresh memory) costs more than the rest of a frame read's overhead. The keys of the last
         ``4 * capacity`` such tiles are remembered.
         """
+        return self._second_request(key)
+
+    def _second_request(self, key: Hashable) -> bool:
+        """True when ``key`` was remembered (and forgets it), else remembers it: the last ``4 * capacity``
+        keys (at least 256) are kept."""
         if self.memory_capacity == 0 or self._item_limit == 0:
             return False
         with self._lock:

@@ -48,10 +48,11 @@ class Decoder(ABC):
 
     ``tile_shape`` is (tz, ty, tx, samples) and ``dtype`` the native dtype of decoded samples (CPU memory).
     ``strided_out``: ``decode`` also accepts a strided ``out`` (a box of the caller's output), so whole tiles
-    are decoded straight into place.
+    are decoded straight into place. ``crops``: :meth:`decode_crop` can decode part of a tile.
     """
 
     strided_out = False
+    crops = False
 
     def __init__(self, spec: CodecSpec, tile_shape: tuple[int, int, int, int], dtype: np.dtype) -> None:
         self.spec = spec
@@ -66,6 +67,13 @@ class Decoder(ABC):
         Raises :class:`~cucim_like.errors.DecodeError` on any damaged or mismatching stream; never allocates
         more than a bounded multiple of the tile's size.
         """
+
+    def decode_crop(self, data: bytes | memoryview, y0: int, y1: int, x0: int, x1: int,
+                    scratch: np.ndarray) -> np.ndarray | None:
+        """Rows [y0, y1) and columns [x0, x1) of the tile, decoded into ``scratch`` (C-contiguous,
+        ``tile_shape``, ``dtype``), as a (1, y1 - y0, x1 - x0, samples) view of it; or None when this decoder or
+        this stream cannot crop, or a crop would not pay (the caller then decodes the whole tile)."""
+        return None
 
 
 def register_codec(name: str, target: str) -> None:

@@ -60,7 +60,7 @@ class ItemFramedDecoder(Decoder):
     def __init__(self, inner: Decoder) -> None:
         super().__init__(inner.spec, inner.tile_shape, inner.dtype)
         self.inner = inner
-        self.crops = bool(getattr(inner, "crops", False))
+        self.crops = inner.crops
 
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
         return self.inner.decode(join_items(data), out)

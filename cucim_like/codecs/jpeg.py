@@ -69,9 +69,9 @@ class JpegDecoder(Decoder):
             raise DecodeError(f"JPEG precision {precision} does not match {self.dtype}")
         return precision, height
 
-    def _stream(self, data: bytes | memoryview) -> bytes:
+    def _stream(self, data: bytes | memoryview) -> bytes | memoryview:
         """The complete stream: JPEGTables spliced in front of an abbreviated tile."""
-        return self._prefix + bytes(data[2:]) if self._prefix is not None else bytes(data)
+        return self._prefix + bytes(data[2:]) if self._prefix is not None else data
 
     def decode_crop(self, data: bytes | memoryview, y0: int, y1: int, x0: int, x1: int,
                     scratch: np.ndarray) -> np.ndarray | None:
@@ -90,7 +90,7 @@ class JpegDecoder(Decoder):
             return None
         if self._needs_rgb_input(data):
             return None
-        stream = self._stream(data)
+        stream = bytes(self._stream(data))  # ctypes passes bytes without a copy
         header = self._tj.header(stream)
         if isinstance(header, str):
             return None
@@ -122,9 +122,8 @@ class JpegDecoder(Decoder):
         target = out[0, :height]
         rgb_input = self._needs_rgb_input(data)
         if self._turbo is not None and precision == 8 and not rgb_input:
-            stream = self._prefix + bytes(data[2:]) if self._prefix is not None else data
             try:
-                _simplejpeg.decode_jpeg(stream, self._turbo, buffer=target)
+                _simplejpeg.decode_jpeg(self._stream(data), self._turbo, buffer=target)
                 return out[:, :height]
             except (ValueError, RuntimeError):
                 pass  # strict TurboJPEG refuses some recoverable streams: let imagecodecs decide below

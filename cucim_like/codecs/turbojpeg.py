@@ -40,8 +40,6 @@ class _Region(ctypes.Structure):
     _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_int), ("w", ctypes.c_int), ("h", ctypes.c_int)]
 
 
-_FULL = _Region(0, 0, 0, 0)
-
 
 def _candidates() -> Iterator[str]:
     """Library paths to try, in order; the system search (which runs ``ldconfig``) only when needed."""
@@ -169,22 +167,22 @@ class TurboJpeg:
         """Crop alignment of a stream's subsampling (0 when it cannot be cropped)."""
         return _MCU_WIDTH[subsampling] if 0 <= subsampling < len(_MCU_WIDTH) else 0
 
-    def decode(self, stream: bytes, out: np.ndarray, crop: tuple[int, int, int, int] | None = None) -> str | None:
-        """Decode ``stream`` (after :meth:`header` on this thread) into ``out`` (h, w, samples) uint8 whose rows
-        may be strided but whose pixels are packed; ``crop`` = (x, y, w, h) of the image, its x a multiple of
-        :meth:`mcu_width`, and ``out`` exactly that size. Returns None, or the library's error message.
+    def decode(self, stream: bytes, out: np.ndarray, crop: tuple[int, int, int, int]) -> str | None:
+        """Decode region ``crop`` = (x, y, w, h) of ``stream`` (after :meth:`header` on this thread), its x a
+        multiple of :meth:`mcu_width`, into ``out``: (h, w, samples) uint8 with packed pixels (rows may be
+        strided). Returns None, or the library's error message.
         """
         h = self._handle()
         lib = self._lib
         rows, cols, samples = out.shape
         if out.strides[1:] != (samples, 1) or samples not in _PIXEL_FORMAT or not out.flags.writeable:
             raise ValueError("TurboJPEG output must be writable (h, w, samples) uint8 with packed pixels")
-        # the library writes the cropping region's size (else the image's): it must be exactly ``out``'s
+        # the library writes the region's size: it must be exactly ``out``'s, inside the image
         height, width = lib.tj3Get(h, _PARAM_HEIGHT), lib.tj3Get(h, _PARAM_WIDTH)
-        x, y, w, hh = crop if crop is not None else (0, 0, width, height)
+        x, y, w, hh = crop
         if (hh, w) != (rows, cols) or x < 0 or y < 0 or x + w > width or y + hh > height:
             raise ValueError(f"TurboJPEG output {rows}x{cols} does not match the region {crop} of {height}x{width}")
-        if lib.tj3SetCroppingRegion(h, _Region(*crop) if crop is not None else _FULL) != 0:
+        if lib.tj3SetCroppingRegion(h, _Region(*crop)) != 0:
             return self._error(h)
         if lib.tj3Decompress8(h, stream, len(stream), out.ctypes.data, out.strides[0], _PIXEL_FORMAT[samples]):
             return self._error(h)

@@ -76,7 +76,7 @@ class _Read:
         self.zero_copy = bool(getattr(self.decoder, "zero_copy", False))
         if self.zero_copy:
             self.insert = False  # the page cache holds such tiles already
-        self.crops = bool(getattr(self.decoder, "crops", False))
+        self.crops = self.decoder.crops
         self.tile_nbytes = level.decoded_tile_nbytes
 
     def file_of(self, tile: int) -> int:
