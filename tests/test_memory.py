@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import math
 import mmap
+import os
 
 import numpy as np
+import pytest
 
 from cucim_like import memory
 
@@ -29,10 +33,6 @@ def test_large_outputs_have_their_own_map_small_ones_do_not():
 def test_mapped_outputs_are_private_to_the_process():
     """A forked child's writes stay in the child (a shared mapping would pass them to the parent, and its
     pages fault in slower)."""
-    import os
-
-    import pytest
-
     if not hasattr(os, "fork"):
         pytest.skip("needs fork")
     out = memory.empty((33, 1024, 1024), np.uint8)
@@ -59,3 +59,112 @@ def test_outputs_and_tile_buffers_start_16_bytes_past_a_64_byte_boundary():
         big = memory.empty(shape, np.uint8, memory.BATCH_MMAP_THRESHOLD)
         assert isinstance(_map_of(big), mmap.mmap) and big.ctypes.data % 64 == 16 and big.shape == shape
         big[-1, -1, -1] = 3
+
+
+# -- the output pool -----------------------------------------------------------------------------------------------
+_BIG = (48, 1024, 1024)  # 48 MiB: over the pool's 32 MiB threshold
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    """A fresh pool of 128 MiB (two maps of ``_BIG``) in place of the process's one."""
+    fresh = memory._OutputPool(128 << 20)
+    monkeypatch.setattr(memory, "_pool", fresh)
+    yield fresh
+    fresh.release()
+
+
+def test_a_freed_output_map_serves_the_next_output_of_its_size_only_once_every_view_is_gone(pool):
+    out = memory.empty(_BIG, np.uint8)
+    addr = out.ctypes.data
+    out[:] = 5
+    views = [out[1:], out.reshape(-1)[::2], out.view(np.uint16), np.asarray(out)]
+    del out
+    gc.collect()
+    assert pool.pooled_bytes() == 0  # views still use the map
+    other = memory.empty(_BIG, np.uint8)
+    assert other.ctypes.data != addr and int(views[0][0, 0, 0]) == 5
+    del views
+    gc.collect()
+    assert pool.pooled_bytes() >= math.prod(_BIG)
+    again = memory.empty(_BIG, np.uint8)
+    assert again.ctypes.data == addr and again.flags.writeable and again.ctypes.data % 64 == 16
+    assert pool.pooled_bytes() == 0  # taken out while in use
+    again[:] = 1  # writable throughout: the lazily freed pages are ours again
+    assert int(again.min()) == 1 and int(other.max()) <= 255
+
+
+def test_pooled_maps_serve_outputs_up_to_a_quarter_smaller_and_of_any_dtype(pool):
+    out = memory.empty(_BIG, np.uint8)
+    addr = out.ctypes.data
+    del out
+    small = memory.empty((41, 1024, 1024), np.uint8)  # 15 % fewer bytes
+    assert small.ctypes.data == addr
+    del small
+    assert memory.empty((48, 512, 1024), np.uint16).ctypes.data == addr
+    much_smaller = memory.empty((35, 1024, 1024), np.uint8)  # 27 % fewer: a fresh map
+    assert much_smaller.ctypes.data != addr
+
+
+def test_the_pool_keeps_to_its_capacity_and_age_and_can_be_emptied(pool, monkeypatch):
+    outs = [memory.empty(_BIG, np.uint8) for _ in range(5)]
+    del outs
+    assert pool.pooled_bytes() == 2 * (math.prod(_BIG) + 16)  # 128 MiB hold two
+    monkeypatch.setattr(pool, "capacity", 1 << 30)
+    outs = [memory.empty(_BIG, np.uint8) for _ in range(7)]
+    del outs
+    assert pool.pooled_bytes() == 4 * (math.prod(_BIG) + 16)  # at most 4 maps
+    memory.release_pool()  # acts on the process's pool: here, the fixture's
+    assert pool.pooled_bytes() == 0
+    out = memory.empty(_BIG, np.uint8)
+    del out
+    assert pool.pooled_bytes() > 0
+    monkeypatch.setattr(memory, "_POOL_MAX_AGE_S", -1.0)
+    assert pool.pooled_bytes() == 0  # older than the age limit: unmapped
+
+
+def test_no_pool_when_its_capacity_is_zero(monkeypatch):
+    monkeypatch.setattr(memory, "_pool", memory._OutputPool(0))
+    out = memory.empty(_BIG, np.uint8)
+    addr = out.ctypes.data
+    del out
+    assert memory._pool.pooled_bytes() == 0
+    assert isinstance(_map_of(memory.empty(_BIG, np.uint8)), mmap.mmap)
+    assert addr  # (a fresh map may land at the same address: nothing to assert about it)
+
+
+def test_capacity_from_the_environment():
+    import subprocess
+    import sys
+
+    code = "from cucim_like import memory; print(memory._pool.capacity)"
+    for env, expected in (("0", 0), ("64", 64 << 20), ("junk", 0)):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "CUCIM_LIKE_OUTPUT_POOL_MB": env})
+        assert int(res.stdout) == expected
+    default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={k: v for k, v in os.environ.items() if k != "CUCIM_LIKE_OUTPUT_POOL_MB"})
+    assert 0 < int(default.stdout) <= 4 << 30
+
+
+def test_a_forked_child_starts_with_an_empty_pool_and_does_not_pool_its_parents_maps(pool):
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork")
+    out = memory.empty(_BIG, np.uint8)
+    out[:] = 7
+    pooled = memory.empty(_BIG, np.uint8)
+    del pooled
+    assert pool.pooled_bytes() > 0
+    pid = os.fork()
+    if pid == 0:  # child: check, then leave without running the parent's clean-up
+        ok = memory._pool.pooled_bytes() == 0
+        out[:] = 9
+        del out
+        gc.collect()
+        ok = ok and memory._pool.pooled_bytes() == 0
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(out.min()) == int(out.max()) == 7
+    assert pool.pooled_bytes() > 0  # the parent's pool is untouched
+
