@@ -41,13 +41,13 @@ _PRIVATE = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)  
 _DECODE_ALIGN, _DECODE_OFFSET = 64, 16
 
 
-def empty(shape: tuple[int, ...], dtype: np.dtype, mmap_from: int = _MMAP_THRESHOLD) -> np.ndarray:
+def empty(shape: tuple[int, ...], dtype: np.dtype, mmap_from: int | None = None) -> np.ndarray:
     """An uninitialised C-contiguous array (CPU memory) starting 16 bytes past a 64-byte boundary; backed by
     its own mmap when ``mmap_from`` bytes (32 MiB) or larger: unmapped when the array and its views are gone,
     or, from 32 MiB, kept in the output pool for the next output of about its size (see above)."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < mmap_from or nbytes == 0:
+    if nbytes < (_MMAP_THRESHOLD if mmap_from is None else mmap_from) or nbytes == 0:
         return decode_buffer(shape, dtype)
     size = nbytes + _DECODE_OFFSET
     if nbytes >= _MMAP_THRESHOLD and _pool.capacity:

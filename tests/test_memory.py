@@ -168,3 +168,67 @@ def test_a_forked_child_starts_with_an_empty_pool_and_does_not_pool_its_parents_
     assert int(out.min()) == int(out.max()) == 7
     assert pool.pooled_bytes() > 0  # the parent's pool is untouched
 
+
+
+# -- pooled pages hold the last output's pixels: every read must overwrite or fill all of its output -------------
+@pytest.fixture
+def every_output_pooled(monkeypatch):
+    """Every output, batches included, goes through a fresh pool (threshold lowered to one byte)."""
+    monkeypatch.setattr(memory, "_MMAP_THRESHOLD", 1)
+    fresh = memory._OutputPool(1 << 30)
+    monkeypatch.setattr(memory, "_pool", fresh)
+    yield fresh
+    fresh.release()
+
+
+def _read_again_over_stale_pages(read) -> np.ndarray:
+    """Read, keep a copy, scribble over the output and free it, read again into its (reused) pages."""
+    first = np.asarray(read())
+    want = first.copy()
+    addr = first.ctypes.data
+    first.reshape(-1).view(np.uint8)[:] = 0xAB
+    del first
+    gc.collect()
+    again = np.asarray(read())
+    assert again.ctypes.data == addr, "the second read should reuse the first one's pages"
+    np.testing.assert_array_equal(again, want)
+    return again
+
+
+def test_reads_over_stale_pooled_pages_fill_out_of_bounds_parts(tmp_path, every_output_pooled):
+    import tifffile
+
+    from cucim_like import CuImage
+    from tests.formats import tiff_fixtures as tfx
+
+    ref = tfx.make_image(500, 600, 3, np.uint8)
+    path = tmp_path / "edge.tif"
+    tifffile.imwrite(path, ref, tile=(256, 256), compression="zlib")
+    with CuImage(path) as img:
+        got = _read_again_over_stale_pages(lambda: img.read_region((-300, -200), (1200, 1000)))
+        np.testing.assert_array_equal(got, tfx.expected_region(ref, -300, -200, 1200, 1000, 0))
+        whole = _read_again_over_stale_pages(lambda: img.read_region())
+        np.testing.assert_array_equal(whole, ref)
+        locs = np.array([[0, 0], [400, 300], [-100, 450], [100, 100]])
+        want = [tfx.expected_region(ref, x, y, 200, 200, 0) for x, y in locs.tolist()]
+        addrs = set()
+        for batch in img.read_region(locs, (200, 200), batch_size=2):
+            addrs.add(batch.ctypes.data)
+            batch[:] = 0xAB  # stale pixels for the next pass's batches
+        del batch
+        gc.collect()
+        again = list(img.read_region(locs, (200, 200), batch_size=2))
+        assert {b.ctypes.data for b in again} & addrs, "the second pass should reuse the first one's pages"
+        np.testing.assert_array_equal(np.concatenate(again), np.stack(want))
+
+
+def test_reads_over_stale_pooled_pages_fill_missing_sparse_tiles(tmp_path, every_output_pooled):
+    from cucim_like import CuImage
+    from tests.formats import dicom_fixtures as dfx
+
+    fixture = dfx.write_wsi(tmp_path, sparse=True, missing_tiles=[(1, 1), (4, 2), (0, 0)])
+    with CuImage(fixture.paths[0]) as img:
+        got = _read_again_over_stale_pages(lambda: img.read_region())
+    want = fixture.levels[0][(0, 0)]
+    np.testing.assert_array_equal(got, want)
+    assert (got[fixture.missing_mask[0]] == fixture.fill_value).all() and fixture.missing_mask[0].any()
