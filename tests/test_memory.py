@@ -6,6 +6,7 @@ import gc
 import math
 import mmap
 import os
+import time
 
 import numpy as np
 import pytest
@@ -232,3 +233,28 @@ def test_reads_over_stale_pooled_pages_fill_missing_sparse_tiles(tmp_path, every
     want = fixture.levels[0][(0, 0)]
     np.testing.assert_array_equal(got, want)
     assert (got[fixture.missing_mask[0]] == fixture.fill_value).all() and fixture.missing_mask[0].any()
+
+
+def test_threads_taking_and_freeing_outputs_never_share_a_live_map(pool):
+    """Eight threads allocate, stamp, check and free outputs of two sizes through one pool: a map handed out
+    while another thread still uses it would show the other thread's stamp."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(k: int) -> int:
+        reused = 0
+        seen: set[int] = set()
+        for i in range(12):
+            shape = (33 + (i + k) % 2 * 8, 1024, 1024)
+            out = memory.empty(shape, np.uint8)
+            reused += out.ctypes.data in seen
+            seen.add(out.ctypes.data)
+            stamp = (k * 100 + i) % 251
+            out[:, 0, :64] = stamp  # a little of every MiB
+            time.sleep(0.001)  # let the other threads run
+            assert (out[:, 0, :64] == stamp).all()
+            del out
+        return reused
+
+    with ThreadPoolExecutor(8) as ex:
+        reused = sum(ex.map(work, range(8)))
+    assert reused > 0  # the pool was used under contention
