@@ -4,13 +4,15 @@ fault in faster than the transparent huge pages NumPy asks the kernel for, and t
 measured on the reference machine for the 1.5 GiB level 0 of the benchmark slide, first read in a process:
 1.9-2.2 s private, 2.8-3.1 s shared, 3.1-3.6 s from NumPy (alternating processes).
 
-The map of a large output whose array (and every view of it) is gone goes to a small pool, so that the next
-output of about its size (the next whole level, the next slide's) reuses pages that are already in place
-instead of faulting fresh ones in: touching 1.5 GiB of fresh memory took 4.0-4.5 s on the reference VM, of
-pooled memory 0.17 s. Pooled maps are ``MADV_FREE``: the kernel takes their pages back whenever it needs
+The map of a large output (not a batch) whose array and every view of it are gone goes to a small pool, so that
+the next output of about its size (the next whole level, the next slide's) reuses pages that are already in
+place instead of faulting fresh ones in: touching 1.5 GiB of fresh memory took 4.0-4.5 s on the reference VM,
+of pooled memory 0.17 s. Pooled maps are ``MADV_FREE``: the kernel takes their pages back whenever it needs
 memory (they then fault in afresh). The pool holds at most ``CUCIM_LIKE_OUTPUT_POOL_MB`` (default: an eighth of
-the machine's memory, at most 4 GiB; 0 turns it off) and drops maps unused for 30 s; :func:`release_pool` empties
-it now.
+the machine's memory, at most 4 GiB; 0 turns it off) in at most 4 maps, and unmaps a map 30 s after it came
+back unless an output took it; :func:`release_pool` empties it now. The array's ``.base`` chain is not a
+reference that keeps a map out of the pool: hold the array or a view of it. (Batches stay out: pooled ones
+would add to the live ones' peak memory, which their prefetch bound promises.)
 """
 
 from __future__ import annotations
@@ -43,14 +45,15 @@ _DECODE_ALIGN, _DECODE_OFFSET = 64, 16
 
 def empty(shape: tuple[int, ...], dtype: np.dtype, mmap_from: int | None = None) -> np.ndarray:
     """An uninitialised C-contiguous array (CPU memory) starting 16 bytes past a 64-byte boundary; backed by
-    its own mmap when ``mmap_from`` bytes (32 MiB) or larger: unmapped when the array and its views are gone,
-    or, from 32 MiB, kept in the output pool for the next output of about its size (see above)."""
+    its own mmap when ``mmap_from`` bytes (default 32 MiB) or larger: unmapped when the array and its views are
+    gone, or, for outputs (``mmap_from`` not given), kept in the output pool for the next output of about its
+    size (see above)."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < (_MMAP_THRESHOLD if mmap_from is None else mmap_from) or nbytes == 0:
         return decode_buffer(shape, dtype)
     size = nbytes + _DECODE_OFFSET
-    if nbytes >= _MMAP_THRESHOLD and _pool.capacity:
+    if mmap_from is None and _pool.capacity:
         raw = _pool.take(size)
     else:
         # private: copy-on-write after fork like any array; freed (munmap) when the array and its views are gone
@@ -92,25 +95,27 @@ class _OutputPool:
 
     An output is a view of a uint8 array over its map, and so are all views of that output (NumPy points every
     view at the first array of the chain that has a non-array base); when that array is gone, so are they, and
-    a finalizer queues the map for the pool. The finalizer only appends to a deque (it may run in any
-    thread, inside a garbage collection, even while this pool's lock is held); :meth:`take` moves queued maps
-    into the pool under the lock.
+    its finalizer gives the map back. The finalizer may run in any thread, inside a garbage collection, even
+    while this thread holds the pool's lock (inside :meth:`take`): it then only queues the map, and the next
+    call under the lock admits it. A timer thread unmaps maps that stay unused for ``_POOL_MAX_AGE_S``.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._lock = threading.Lock()
-        self._maps: list[tuple[float, mmap.mmap]] = []  # (time pooled, map)
-        self._returned: deque[mmap.mmap] = deque()
+        self._maps: list[tuple[float, mmap.mmap]] = []  # (time given back, map), oldest first
+        self._returned: deque[tuple[float, mmap.mmap]] = deque(maxlen=_POOL_MAX_MAPS)
+        self._timer: threading.Timer | None = None
 
     def take(self, size: int) -> np.ndarray:
         """A writable uint8 array of ``size`` bytes or a little more over a pooled map, else a new private one."""
         found = None
         with self._lock:
-            self._admit_returned()
+            dropped = self._admit_returned()
             fits = [(len(m), i) for i, (_, m) in enumerate(self._maps) if size <= len(m) <= size * _POOL_SLACK]
             if fits:
                 found = self._maps.pop(min(fits)[1])[1]
+        del dropped  # unmapped outside the lock
         mm = found if found is not None else (
             mmap.mmap(-1, size, flags=_PRIVATE) if _PRIVATE else mmap.mmap(-1, size))
         raw = np.frombuffer(mm, np.uint8)
@@ -118,25 +123,11 @@ class _OutputPool:
         fin.atexit = False
         return raw
 
-    def _admit_returned(self) -> None:
-        """Under the lock: pool the returned maps (newest kept first within the bounds), drop stale ones."""
-        now = time.monotonic()
-        while self._returned:
-            self._maps.append((now, self._returned.popleft()))
-        self._maps = [e for e in self._maps if now - e[0] <= _POOL_MAX_AGE_S]
-        total = 0
-        kept = []
-        for entry in reversed(self._maps):  # newest first
-            if len(kept) < _POOL_MAX_MAPS and total + len(entry[1]) <= self.capacity:
-                kept.append(entry)
-                total += len(entry[1])
-        self._maps = kept[::-1]
-
     def _give_back(self, mm: mmap.mmap, pid: int) -> None:
         """Finalizer of an output's base array: its pages become free for the kernel to take (they stay in
-        place, and fault in afresh only if it did), and the map is queued for the pool. A forked child drops
-        its parent's maps (their pages are copy-on-write: cheaper to fault fresh ones in than to copy these)."""
-        if pid != os.getpid():
+        place, and fault in afresh only if it did), and the map joins the pool. A forked child drops its
+        parent's maps (their pages are copy-on-write: cheaper to fault fresh ones in than to copy these)."""
+        if pid != os.getpid() or len(mm) > self.capacity:
             return
         advice = getattr(mmap, "MADV_FREE", None)
         if advice is not None:
@@ -144,22 +135,64 @@ class _OutputPool:
                 mm.madvise(advice)
             except OSError:  # pragma: no cover - kernels before 4.5
                 pass
-        self._returned.append(mm)
+        self._returned.append((time.monotonic(), mm))
+        del mm
+        if self._lock.acquire(blocking=False):  # not while this thread is inside take()
+            try:
+                dropped = self._admit_returned()
+            finally:
+                self._lock.release()
+            del dropped
+
+    def _admit_returned(self) -> list[tuple[float, mmap.mmap]]:
+        """Under the lock: pool the returned maps, keep the newest within the bounds, and arm the timer that
+        unmaps stale ones. Returns the maps dropped, for the caller to release outside the lock."""
+        now = time.monotonic()
+        while self._returned:
+            self._maps.append(self._returned.popleft())
+        self._maps.sort(key=lambda e: e[0])
+        kept: list[tuple[float, mmap.mmap]] = []
+        dropped: list[tuple[float, mmap.mmap]] = []
+        total = 0
+        for entry in reversed(self._maps):  # newest first
+            fresh = now - entry[0] < _POOL_MAX_AGE_S
+            if fresh and len(kept) < _POOL_MAX_MAPS and total + len(entry[1]) <= self.capacity:
+                kept.append(entry)
+                total += len(entry[1])
+            else:
+                dropped.append(entry)
+        self._maps = kept[::-1]
+        if self._maps and self._timer is None:
+            timer = threading.Timer(max(0.01, self._maps[0][0] + _POOL_MAX_AGE_S - now), self._expire)
+            timer.daemon = True
+            self._timer = timer
+            timer.start()
+        return dropped
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._timer = None
+            dropped = self._admit_returned()
+        del dropped
 
     def release(self) -> None:
         with self._lock:
             self._returned.clear()
-            self._maps = []
+            dropped, self._maps = self._maps, []
+        del dropped
 
     def pooled_bytes(self) -> int:
         with self._lock:
-            self._admit_returned()
-            return sum(len(m) for _, m in self._maps)
+            dropped = self._admit_returned()
+            total = sum(len(m) for _, m in self._maps)
+        del dropped
+        return total
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
-        self._returned = deque()
+        self._returned = deque(maxlen=_POOL_MAX_MAPS)
         self._maps = []  # the parent's: copy-on-write pages here
+        self._timer = None  # the parent's timer thread is not in this process
 
 
 _pool = _OutputPool(_default_pool_bytes())

@@ -7,6 +7,7 @@ import math
 import mmap
 import os
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -75,42 +76,74 @@ def pool(monkeypatch):
     fresh.release()
 
 
+def _map_ref(arr: np.ndarray) -> weakref.ref:
+    """A weak reference to the mmap behind ``arr``: dead once the map is unmapped, alive while pooled."""
+    return weakref.ref(_map_of(arr))
+
+
 def test_a_freed_output_map_serves_the_next_output_of_its_size_only_once_every_view_is_gone(pool):
     out = memory.empty(_BIG, np.uint8)
-    addr = out.ctypes.data
+    first = _map_ref(out)
     out[:] = 5
-    views = [out[1:], out.reshape(-1)[::2], out.view(np.uint16), np.asarray(out)]
+    views = [out[1:], out.reshape(-1)[::2], out.view(np.uint16), np.asarray(out), out.T,
+             np.lib.stride_tricks.as_strided(out, (4,), (1,)), memoryview(out)]
     del out
     gc.collect()
     assert pool.pooled_bytes() == 0  # views still use the map
     other = memory.empty(_BIG, np.uint8)
-    assert other.ctypes.data != addr and int(views[0][0, 0, 0]) == 5
+    assert _map_of(other) is not first() and int(views[0][0, 0, 0]) == 5
     del views
     gc.collect()
-    assert pool.pooled_bytes() >= math.prod(_BIG)
+    assert pool.pooled_bytes() == math.prod(_BIG) + 16
     again = memory.empty(_BIG, np.uint8)
-    assert again.ctypes.data == addr and again.flags.writeable and again.ctypes.data % 64 == 16
+    assert _map_of(again) is first() and again.ctypes.data % 64 == 16
     assert pool.pooled_bytes() == 0  # taken out while in use
     again[:] = 1  # writable throughout: the lazily freed pages are ours again
-    assert int(again.min()) == 1 and int(other.max()) <= 255
+    assert int(again.min()) == 1 and int(other.max()) == 0
+
+
+def test_a_freed_output_joins_the_pool_at_once_and_a_timer_unmaps_it_when_unused(pool, monkeypatch):
+    monkeypatch.setattr(memory, "_POOL_MAX_AGE_S", 0.2)
+    out = memory.empty(_BIG, np.uint8)
+    ref = _map_ref(out)
+    del out
+    assert len(pool._maps) == 1 and ref() is not None  # admitted by the finalizer, no take() needed
+    deadline = time.monotonic() + 5
+    while ref() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ref() is None and pool._maps == []  # unmapped by the timer: nothing else ran on the pool
+
+
+def test_a_map_given_back_inside_take_is_queued_then_pooled(pool):
+    """The finalizer can run while this thread holds the pool's lock (a garbage collection inside take())."""
+    out = memory.empty(_BIG, np.uint8)
+    ref = _map_ref(out)
+    with pool._lock:
+        del out
+        assert len(pool._returned) == 1 and pool._maps == []
+    assert pool.pooled_bytes() == math.prod(_BIG) + 16 and ref() is not None
 
 
 def test_pooled_maps_serve_outputs_up_to_a_quarter_smaller_and_of_any_dtype(pool):
     out = memory.empty(_BIG, np.uint8)
-    addr = out.ctypes.data
+    first = _map_ref(out)
     del out
     small = memory.empty((41, 1024, 1024), np.uint8)  # 15 % fewer bytes
-    assert small.ctypes.data == addr
+    assert _map_of(small) is first()
     del small
-    assert memory.empty((48, 512, 1024), np.uint16).ctypes.data == addr
+    wide = memory.empty((48, 512, 1024), np.uint16)
+    assert _map_of(wide) is first()
+    del wide
     much_smaller = memory.empty((35, 1024, 1024), np.uint8)  # 27 % fewer: a fresh map
-    assert much_smaller.ctypes.data != addr
+    assert _map_of(much_smaller) is not first() and first() is not None
 
 
-def test_the_pool_keeps_to_its_capacity_and_age_and_can_be_emptied(pool, monkeypatch):
+def test_the_pool_keeps_to_its_capacity_count_and_age_and_can_be_emptied(pool, monkeypatch):
     outs = [memory.empty(_BIG, np.uint8) for _ in range(5)]
+    refs = [_map_ref(o) for o in outs]
     del outs
     assert pool.pooled_bytes() == 2 * (math.prod(_BIG) + 16)  # 128 MiB hold two
+    assert sum(r() is not None for r in refs) == 2  # the others are unmapped
     monkeypatch.setattr(pool, "capacity", 1 << 30)
     outs = [memory.empty(_BIG, np.uint8) for _ in range(7)]
     del outs
@@ -122,16 +155,24 @@ def test_the_pool_keeps_to_its_capacity_and_age_and_can_be_emptied(pool, monkeyp
     assert pool.pooled_bytes() > 0
     monkeypatch.setattr(memory, "_POOL_MAX_AGE_S", -1.0)
     assert pool.pooled_bytes() == 0  # older than the age limit: unmapped
+    monkeypatch.setattr(pool, "capacity", 64 << 20)
+    big = memory.empty((80, 1024, 1024), np.uint8)  # more than the whole pool: never kept
+    ref = _map_ref(big)
+    del big
+    assert ref() is None and pool.pooled_bytes() == 0
 
 
-def test_no_pool_when_its_capacity_is_zero(monkeypatch):
+def test_batches_and_outputs_of_a_disabled_pool_are_unmapped_when_freed(pool, monkeypatch):
+    batch = memory.empty(_BIG, np.uint8, memory.BATCH_MMAP_THRESHOLD)
+    ref = _map_ref(batch)
+    del batch
+    assert ref() is None and pool.pooled_bytes() == 0
     monkeypatch.setattr(memory, "_pool", memory._OutputPool(0))
     out = memory.empty(_BIG, np.uint8)
-    addr = out.ctypes.data
+    assert isinstance(_map_of(out), mmap.mmap)
+    ref = _map_ref(out)
     del out
-    assert memory._pool.pooled_bytes() == 0
-    assert isinstance(_map_of(memory.empty(_BIG, np.uint8)), mmap.mmap)
-    assert addr  # (a fresh map may land at the same address: nothing to assert about it)
+    assert ref() is None
 
 
 def test_capacity_from_the_environment():
@@ -174,7 +215,7 @@ def test_a_forked_child_starts_with_an_empty_pool_and_does_not_pool_its_parents_
 # -- pooled pages hold the last output's pixels: every read must overwrite or fill all of its output -------------
 @pytest.fixture
 def every_output_pooled(monkeypatch):
-    """Every output, batches included, goes through a fresh pool (threshold lowered to one byte)."""
+    """Every output (not batches) goes through a fresh pool (threshold lowered to one byte)."""
     monkeypatch.setattr(memory, "_MMAP_THRESHOLD", 1)
     fresh = memory._OutputPool(1 << 30)
     monkeypatch.setattr(memory, "_pool", fresh)
@@ -186,12 +227,13 @@ def _read_again_over_stale_pages(read) -> np.ndarray:
     """Read, keep a copy, scribble over the output and free it, read again into its (reused) pages."""
     first = np.asarray(read())
     want = first.copy()
-    addr = first.ctypes.data
+    used = _map_ref(first)
     first.reshape(-1).view(np.uint8)[:] = 0xAB
     del first
     gc.collect()
+    assert memory._pool.pooled_bytes() > 0
     again = np.asarray(read())
-    assert again.ctypes.data == addr, "the second read should reuse the first one's pages"
+    assert _map_of(again) is used(), "the second read should reuse the first one's pages"
     np.testing.assert_array_equal(again, want)
     return again
 
@@ -210,17 +252,6 @@ def test_reads_over_stale_pooled_pages_fill_out_of_bounds_parts(tmp_path, every_
         np.testing.assert_array_equal(got, tfx.expected_region(ref, -300, -200, 1200, 1000, 0))
         whole = _read_again_over_stale_pages(lambda: img.read_region())
         np.testing.assert_array_equal(whole, ref)
-        locs = np.array([[0, 0], [400, 300], [-100, 450], [100, 100]])
-        want = [tfx.expected_region(ref, x, y, 200, 200, 0) for x, y in locs.tolist()]
-        addrs = set()
-        for batch in img.read_region(locs, (200, 200), batch_size=2):
-            addrs.add(batch.ctypes.data)
-            batch[:] = 0xAB  # stale pixels for the next pass's batches
-        del batch
-        gc.collect()
-        again = list(img.read_region(locs, (200, 200), batch_size=2))
-        assert {b.ctypes.data for b in again} & addrs, "the second pass should reuse the first one's pages"
-        np.testing.assert_array_equal(np.concatenate(again), np.stack(want))
 
 
 def test_reads_over_stale_pooled_pages_fill_missing_sparse_tiles(tmp_path, every_output_pooled):
@@ -242,12 +273,12 @@ def test_threads_taking_and_freeing_outputs_never_share_a_live_map(pool):
 
     def work(k: int) -> int:
         reused = 0
-        seen: set[int] = set()
+        seen: list[weakref.ref] = []  # maps this thread used; alive only while pooled or in use
         for i in range(12):
             shape = (33 + (i + k) % 2 * 8, 1024, 1024)
             out = memory.empty(shape, np.uint8)
-            reused += out.ctypes.data in seen
-            seen.add(out.ctypes.data)
+            reused += any(r() is _map_of(out) for r in seen)
+            seen.append(_map_ref(out))
             stamp = (k * 100 + i) % 251
             out[:, 0, :64] = stamp  # a little of every MiB
             time.sleep(0.001)  # let the other threads run
@@ -257,4 +288,4 @@ def test_threads_taking_and_freeing_outputs_never_share_a_live_map(pool):
 
     with ThreadPoolExecutor(8) as ex:
         reused = sum(ex.map(work, range(8)))
-    assert reused > 0  # the pool was used under contention
+    assert reused > 0  # maps came back through the pool under contention
