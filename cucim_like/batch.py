@@ -133,10 +133,10 @@ class BatchIterator:
 
 
 def check_batch_arguments(batch_size: object, prefetch_factor: object) -> tuple[int, int]:
-    from .arguments import as_int
-
     if type(batch_size) is int and type(prefetch_factor) is int and batch_size > 0 and prefetch_factor >= 0:
         return batch_size, prefetch_factor  # the common case, fast
+    from .arguments import as_int
+
     b = as_int(batch_size, "batch_size")
     p = as_int(prefetch_factor, "prefetch_factor")
     if b <= 0:

@@ -56,9 +56,13 @@ def empty(shape: tuple[int, ...], dtype: np.dtype, mmap_from: int | None = None)
     if mmap_from is None and _pool.capacity:
         raw = _pool.take(size)
     else:
-        # private: copy-on-write after fork like any array; freed (munmap) when the array and its views are gone
-        raw = np.frombuffer(mmap.mmap(-1, size, flags=_PRIVATE) if _PRIVATE else mmap.mmap(-1, size), np.uint8)
+        raw = np.frombuffer(_new_map(size), np.uint8)  # unmapped when the array and its views are gone
     return raw[_DECODE_OFFSET:size].view(dtype).reshape(shape)
+
+
+def _new_map(size: int) -> mmap.mmap:
+    """A fresh anonymous map of ``size`` bytes, private: copy-on-write after fork like any array."""
+    return mmap.mmap(-1, size, flags=_PRIVATE) if _PRIVATE else mmap.mmap(-1, size)
 
 
 def decode_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -116,8 +120,7 @@ class _OutputPool:
             if fits:
                 found = self._maps.pop(min(fits)[1])[1]
         del dropped  # unmapped outside the lock
-        mm = found if found is not None else (
-            mmap.mmap(-1, size, flags=_PRIVATE) if _PRIVATE else mmap.mmap(-1, size))
+        mm = found if found is not None else _new_map(size)
         raw = np.frombuffer(mm, np.uint8)
         fin = weakref.finalize(raw, self._give_back, mm, os.getpid())
         fin.atexit = False
