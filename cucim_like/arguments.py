@@ -22,8 +22,12 @@ def as_int(value: object, name: str) -> int:
 
 def int_tuple(value: object, length: int | Sequence[int], name: str) -> tuple[int, ...]:
     """A tuple of integers from any sequence or NumPy integer array of one of the allowed lengths."""
-    if type(value) is tuple and len(value) == length and all(type(v) is int for v in value):
-        return value  # the common case, fast
+    if type(value) is tuple and len(value) == length:  # the common case, fast: a tuple of Python ints
+        for v in value:
+            if type(v) is not int:
+                break
+        else:
+            return value
     lengths = (length,) if isinstance(length, int) else tuple(length)
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "iu":
@@ -48,8 +52,9 @@ def check_level(level: object, count: int) -> int:
 
 
 def check_size(size: tuple[int, ...]) -> tuple[int, ...]:
-    if any(s <= 0 for s in size):
-        raise InvalidArgumentError(f"size must be positive, got {size}")
+    for s in size:
+        if s <= 0:
+            raise InvalidArgumentError(f"size must be positive, got {size}")
     return size
 
 

@@ -318,7 +318,7 @@ class CuImage:
             size = (w, h, z) if nd == 3 else (w, h)
         sz = args.check_size(args.int_tuple(size, nd, "size"))
         extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
-        if type(location) is tuple and len(location) == nd and all(type(v) is int for v in location):
+        if type(location) is tuple and len(location) == nd and _all_ints(location):
             locations, single = None, True  # one (x, y[, z]) of Python ints: the common case, without NumPy
         else:
             locations, single = args.parse_locations(location, nd)
@@ -539,9 +539,12 @@ class CuImage:
 
     def _level_start(self, location: tuple[int, ...], lvl: Level) -> tuple[int, int, int]:
         """One level-0 (x, y[, z]) location -> (z, y, x) start in ``lvl``'s pixels (as :meth:`_level_starts`)."""
-        if not all(-_INT64 <= v < _INT64 for v in location):
-            raise InvalidArgumentError("locations do not fit 64-bit integers")
+        for v in location:
+            if not -_INT64 <= v < _INT64:
+                raise InvalidArgumentError("locations do not fit 64-bit integers")
         n = len(location)
+        if lvl.scale is None and lvl.downsample == 1:  # level 0 of a slide: nothing to scale
+            return (0, location[1], location[0]) if n == 2 else (location[2], location[1], location[0])
         factors = _level_factors(lvl, n)
         scaled = [v if f == 1 else math.floor(v / f) for v, f in zip(location, factors, strict=True)]
         return (0, scaled[1], scaled[0]) if n == 2 else (scaled[2], scaled[1], scaled[0])
@@ -639,6 +642,13 @@ class CuImage:
 
 
 _INT64 = 1 << 63
+
+
+def _all_ints(values: tuple) -> bool:
+    for v in values:
+        if type(v) is not int:
+            return False
+    return True
 
 
 def _level_factors(lvl: Level, n: int) -> tuple[float, ...]:

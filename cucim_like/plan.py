@@ -37,19 +37,24 @@ class Plan:
 
 
 def box_slices(box: Box) -> tuple[slice, ...]:
+    if len(box) == 4:  # (z, y, x, c): the boxes of plans
+        (z0, z1), (y0, y1), (x0, x1), (c0, c1) = box
+        return slice(z0, z1), slice(y0, y1), slice(x0, x1), slice(c0, c1)
     return tuple(slice(a, b) for a, b in box)
 
 
 def _axis_spans(start: int, size: int, extent: int, tile: int) -> list[tuple[int, int, int, int]]:
     """Along one axis: (tile index, start in tile, stop in tile, start in output) for the in-bounds part."""
-    lo, hi = max(start, 0), min(start + size, extent)
+    pos = start if start > 0 else 0
+    hi = start + size
+    if hi > extent:
+        hi = extent
     spans = []
-    t = lo // tile if hi > lo else 0
-    pos = lo
     while pos < hi:
         t = pos // tile
-        stop = min(hi, (t + 1) * tile)
-        spans.append((t, pos - t * tile, stop - t * tile, pos - start))
+        base = t * tile
+        stop = base + tile if base + tile < hi else hi
+        spans.append((t, pos - base, stop - base, pos - start))
         pos = stop
     return spans
 
@@ -66,7 +71,7 @@ def plan_region(
     level_shape: (z, y, x, c); tile_shape: (tz, ty, tx); planes: 1 (contiguous samples) or c (one tile per
     sample). The output is (d, h, w, c). Parts of the region outside the level become ``fills``.
     """
-    size = tuple(int(v) for v in size)
+    size = (int(size[0]), int(size[1]), int(size[2]))
     plan = Plan(out_shape=(*size, int(level_shape[3])))
     _plan_into(plan, level_shape, tile_shape, planes, start, size, 0)
     return plan
@@ -75,11 +80,14 @@ def plan_region(
 def _plan_into(plan: Plan, level_shape: Sequence[int], tile_shape: Sequence[int], planes: int,
                start: Sequence[int], size: tuple[int, int, int], dz: int) -> None:
     """Append the jobs and fills of one region to ``plan``, its output rows shifted by ``dz`` along z."""
-    extent = tuple(int(v) for v in level_shape[:3])
+    extent = (int(level_shape[0]), int(level_shape[1]), int(level_shape[2]))
     channels = int(level_shape[3])
-    start = tuple(int(v) for v in start)
-    grid = [-(-e // t) for e, t in zip(extent, tile_shape, strict=True)]
-    zs, ys, xs = (_axis_spans(start[i], size[i], extent[i], int(tile_shape[i])) for i in range(3))
+    start = (int(start[0]), int(start[1]), int(start[2]))
+    tz_, ty_, tx_ = int(tile_shape[0]), int(tile_shape[1]), int(tile_shape[2])
+    grid = (-(-extent[0] // tz_), -(-extent[1] // ty_), -(-extent[2] // tx_))
+    zs = _axis_spans(start[0], size[0], extent[0], tz_)
+    ys = _axis_spans(start[1], size[1], extent[1], ty_)
+    xs = _axis_spans(start[2], size[2], extent[2], tx_)
     per_plane = channels // planes
     jobs = plan.jobs
     for p in range(planes):
@@ -92,8 +100,10 @@ def _plan_into(plan: Plan, level_shape: Sequence[int], tile_shape: Sequence[int]
                 for tx, x0, x1, ox in xs:
                     jobs.append(TileJob(row + tx, ((z0, z1), (y0, y1), (x0, x1), src_c),
                                         (dst_z, (oy, oy + y1 - y0), (ox, ox + x1 - x0), c_box)))
-    for (z0, z1), *rest in _outside_boxes(start, size, extent, channels):
-        plan.fills.append(((z0 + dz, z1 + dz), *rest))
+    if (start[0] < 0 or start[1] < 0 or start[2] < 0 or start[0] + size[0] > extent[0]
+            or start[1] + size[1] > extent[1] or start[2] + size[2] > extent[2]):
+        for (z0, z1), *rest in _outside_boxes(start, size, extent, channels):
+            plan.fills.append(((z0 + dz, z1 + dz), *rest))
 
 
 def _outside_boxes(start: tuple[int, ...], size: tuple[int, ...], extent: tuple[int, ...], channels: int) -> list[Box]:
@@ -147,10 +157,11 @@ def coalesce_ranges(
     if not len(tiles):
         return []
     if len(tiles) <= 32:  # plain Python is quicker than NumPy for a handful of tiles
-        keyed = sorted(
-            (int(file_ids[t]) if file_ids is not None else 0, int(offsets[t]), int(offsets[t] + lengths[t]), int(t))
-            for t in tiles
-        )
+        keyed = []
+        for t in tiles:
+            start = int(offsets[t])
+            keyed.append((int(file_ids[t]) if file_ids is not None else 0, start, start + int(lengths[t]), int(t)))
+        keyed.sort()
         out: list[ByteRange] = []
         cur: list = []
         for f, s, e, t in keyed:

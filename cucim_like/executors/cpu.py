@@ -84,9 +84,10 @@ class _Read:
 
     def cache_key(self, tile: int) -> tuple:
         level = self.level
+        key = self.file_keys[int(self.file_ids[tile]) if self.file_ids is not None else 0]
         if level.variant:
-            return (self.file_keys[self.file_of(tile)], level.index, level.variant, tile)
-        return (self.file_keys[self.file_of(tile)], level.index, tile)
+            return (key, level.index, level.variant, tile)
+        return (key, level.index, tile)
 
     def place(self, tile_arr: np.ndarray, jobs: list[TileJob], tile: int) -> None:
         out = self.out
@@ -108,8 +109,9 @@ class _Read:
         if len(jobs) != 1 or self.zero_copy:
             return None
         _, src, dst = jobs[0]
-        if any(a != 0 or b != n for (a, b), n in zip(src, shape, strict=True)):
-            return None
+        for (a, b), n in zip(src, shape, strict=True):
+            if a != 0 or b != n:
+                return None
         view = self.out[box_slices(dst)]
         return view if view.flags.c_contiguous or getattr(self.decoder, "strided_out", False) else None
 
@@ -209,10 +211,9 @@ class _Read:
 def flat_tile_table(level: Level, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The level's (offsets, lengths, file_ids) flattened by tile index; errors of a lazy table name ``path``."""
     try:
-        offsets, lengths, file_ids = level.tile_table()
+        return level.flat_table
     except CucimLikeError as exc:
         raise type(exc)(exc.message, path=exc.path or path, level=level.index, tile=exc.tile) from exc
-    return offsets.reshape(-1), lengths.reshape(-1), file_ids.reshape(-1) if file_ids is not None else None
 
 
 def check_tile_ranges(level: Level, path: str, readers: Sequence[FileReader], offsets: np.ndarray,
@@ -290,8 +291,13 @@ def execute(
         return out
     check_tile_ranges(level, path, readers, state.offsets, state.lengths, state.file_ids, todo)
 
-    total = sum(int(state.lengths[t]) for t in todo) if len(todo) <= _SMALL_REQUEST_TILES else int(
-        state.lengths[np.asarray(todo)].sum())
+    if len(todo) <= _SMALL_REQUEST_TILES:
+        lengths = state.lengths
+        total = 0
+        for t in todo:
+            total += int(lengths[t])
+    else:
+        total = int(state.lengths[np.asarray(todo)].sum())
     workers = max(1, min(workers, len(todo)))
     max_size = int(min(4 << 20, max(256 << 10, total // (4 * workers))))
     ranges = coalesce_ranges(todo, state.offsets, state.lengths, state.file_ids, max_size=max_size)
@@ -301,7 +307,8 @@ def execute(
         items: list[tuple] = []
         for rng in ranges:
             buf = state.read_range(rng)
-            items.extend((tile, state.tile_bytes(rng, buf, tile)) for tile in rng.tiles)
+            for tile in rng.tiles:
+                items.append((tile, state.tile_bytes(rng, buf, tile)))
 
         def decode_one(item: tuple) -> int:
             tile, data = item

@@ -9,6 +9,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -82,7 +83,13 @@ class Level:
                     self._table.append(self.table_loader())
         return self._table[0]
 
-    @property
+    @cached_property
+    def flat_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`tile_table` with each array flattened to one value per flat tile index (kept once built)."""
+        offsets, lengths, file_ids = self.tile_table()
+        return offsets.reshape(-1), lengths.reshape(-1), file_ids.reshape(-1) if file_ids is not None else None
+
+    @cached_property
     def grid(self) -> tuple[int, int, int, int]:
         """Tile counts (planes, gz, gy, gx)."""
         z, y, x, _ = self.shape
@@ -99,17 +106,17 @@ class Level:
         tz, ty, tx = self.tile_shape
         return (min(tz, z - gz * tz), min(ty, y - gy * ty), min(tx, x - gx * tx), self.tile_samples)
 
-    @property
+    @cached_property
     def tile_samples(self) -> int:
         """Samples held by one tile."""
         return self.shape[3] // self.planes
 
-    @property
+    @cached_property
     def decoded_tile_shape(self) -> tuple[int, int, int, int]:
         """Shape (tz, ty, tx, samples) of one decoded tile."""
         return (*self.tile_shape, self.tile_samples)
 
-    @property
+    @cached_property
     def decoded_tile_nbytes(self) -> int:
         return math.prod(self.decoded_tile_shape) * self.dtype.itemsize
 
