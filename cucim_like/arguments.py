@@ -20,14 +20,18 @@ def as_int(value: object, name: str) -> int:
     return operator.index(value)
 
 
+def all_ints(values: tuple) -> bool:
+    """Whether every item is a Python int (not a bool, not a NumPy integer): a check without generators."""
+    for v in values:
+        if type(v) is not int:
+            return False
+    return True
+
+
 def int_tuple(value: object, length: int | Sequence[int], name: str) -> tuple[int, ...]:
     """A tuple of integers from any sequence or NumPy integer array of one of the allowed lengths."""
-    if type(value) is tuple and len(value) == length:  # the common case, fast: a tuple of Python ints
-        for v in value:
-            if type(v) is not int:
-                break
-        else:
-            return value
+    if type(value) is tuple and len(value) == length and all_ints(value):  # the common case, fast
+        return value
     lengths = (length,) if isinstance(length, int) else tuple(length)
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "iu":

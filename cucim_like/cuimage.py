@@ -318,7 +318,7 @@ class CuImage:
             size = (w, h, z) if nd == 3 else (w, h)
         sz = args.check_size(args.int_tuple(size, nd, "size"))
         extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
-        if type(location) is tuple and len(location) == nd and _all_ints(location):
+        if type(location) is tuple and len(location) == nd and args.all_ints(location):
             locations, single = None, True  # one (x, y[, z]) of Python ints: the common case, without NumPy
         else:
             locations, single = args.parse_locations(location, nd)
@@ -642,13 +642,6 @@ class CuImage:
 
 
 _INT64 = 1 << 63
-
-
-def _all_ints(values: tuple) -> bool:
-    for v in values:
-        if type(v) is not int:
-            return False
-    return True
 
 
 def _level_factors(lvl: Level, n: int) -> tuple[float, ...]:

@@ -107,9 +107,8 @@ def _plan_into(plan: Plan, level_shape: Sequence[int], tile_shape: Sequence[int]
 
 
 def _outside_boxes(start: tuple[int, ...], size: tuple[int, ...], extent: tuple[int, ...], channels: int) -> list[Box]:
-    """Disjoint boxes covering the part of the output (d, h, w, c) that lies outside the level."""
-    if all(0 <= s and s + n <= e for s, n, e in zip(start, size, extent, strict=True)):
-        return []  # the usual region, inside the level
+    """Disjoint boxes covering the part of the output (d, h, w, c) that lies outside the level (none for a
+    region inside it; :func:`_plan_into` calls this only for regions that reach outside)."""
     inside = []
     for s, n, e in zip(start, size, extent, strict=True):
         lo = min(max(0, -s), n)

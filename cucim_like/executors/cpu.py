@@ -77,14 +77,13 @@ class _Read:
         if self.zero_copy:
             self.insert = False  # the page cache holds such tiles already
         self.crops = self.decoder.crops
-        self.tile_nbytes = level.decoded_tile_nbytes
 
     def file_of(self, tile: int) -> int:
         return int(self.file_ids[tile]) if self.file_ids is not None else 0
 
     def cache_key(self, tile: int) -> tuple:
         level = self.level
-        key = self.file_keys[int(self.file_ids[tile]) if self.file_ids is not None else 0]
+        key = self.file_keys[self.file_of(tile)]
         if level.variant:
             return (key, level.index, level.variant, tile)
         return (key, level.index, tile)
@@ -128,7 +127,7 @@ class _Read:
             return None
         if self.insert:
             cache = self.cache
-            if cache.has_room(self.tile_nbytes) or cache.admit_part(self.cache_key(tile)):
+            if cache.has_room(self.level.decoded_tile_nbytes) or cache.admit_part(self.cache_key(tile)):
                 return None
         return y0, y1, x0, x1
 
