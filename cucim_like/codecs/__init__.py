@@ -75,6 +75,11 @@ class Decoder(ABC):
         this stream cannot crop, or a crop would not pay (the caller then decodes the whole tile)."""
         return None
 
+    def native_stream(self, data: bytes | memoryview) -> bytes | memoryview | None:
+        """The complete 8-bit JPEG stream of this tile for the native tile pool (executors.native), or None
+        when this decoder or this stream is not for it (the tile then goes through :meth:`decode`)."""
+        return None
+
 
 def register_codec(name: str, target: str) -> None:
     """Register (or replace) the decoder class for ``name`` as "module:Class"; imported on first use."""

@@ -70,6 +70,14 @@ class ItemFramedDecoder(Decoder):
         """The inner decoder's cropped decode of the joined stream (see JpegDecoder.decode_crop)."""
         return self.inner.decode_crop(join_items(data), y0, y1, x0, x1, scratch)
 
+    def native_stream(self, data: bytes | memoryview) -> bytes | memoryview | None:
+        """The inner decoder's stream of the joined fragments; None when they do not join (decode raises)."""
+        try:
+            joined = join_items(data)
+        except DecodeError:
+            return None
+        return self.inner.native_stream(joined)
+
 
 def _check_frame(height: int, width: int, comps: int, tile_shape: tuple[int, ...], what: str) -> None:
     _, ty, tx, cs = tile_shape

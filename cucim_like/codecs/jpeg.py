@@ -116,6 +116,13 @@ class JpegDecoder(Decoder):
             return None
         return buf[None, :, x0 - left : x1 - left]
 
+    def native_stream(self, data: bytes | memoryview) -> bytes | memoryview | None:
+        """The complete stream (JPEGTables spliced in) when TurboJPEG 3 may decode it: 8-bit tiles whose
+        samples libjpeg may colour-convert; None for RGB-photometric streams without a JFIF marker."""
+        if self._tj is None or self._needs_rgb_input(data):
+            return None
+        return self._stream(data)
+
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> np.ndarray:
         precision, height = self._frame(data)
         _, _, tx, cs = self.tile_shape

@@ -21,6 +21,7 @@ from ..fileio import FileReader
 from ..formats.base import Level, compressed_tile_limit
 from ..memory import decode_buffer
 from ..plan import ByteRange, Plan, TileJob, box_slices, coalesce_ranges
+from . import native
 from .pool import thread_pool
 
 _SMALL_REQUEST_TILES = 64
@@ -77,6 +78,14 @@ class _Read:
         if self.zero_copy:
             self.insert = False  # the page cache holds such tiles already
         self.crops = self.decoder.crops
+        self.pool = native.tile_pool() if self.crops and self._packed_output() else None
+
+    def _packed_output(self) -> bool:
+        """Whether output rows hold packed uint8 pixels of the tile's samples (what the native pool writes)."""
+        out = self.out
+        samples = self.decoder.tile_shape[3]
+        return (out.dtype == np.uint8 and out.ndim == 4 and out.shape[3] == samples
+                and out.strides[3] == 1 and out.strides[2] == samples and out.flags.writeable)
 
     def file_of(self, tile: int) -> int:
         return int(self.file_ids[tile]) if self.file_ids is not None else 0
@@ -177,6 +186,60 @@ class _Read:
                 self.cache.put(key, arr)
             elif self.cache.admit_whole(key):  # decoded into the output: copied only when read again
                 self.cache.put(key, arr.copy())
+
+    def decode_native(self, items: list[tuple[int, memoryview]], jobs_by_tile: dict[int, list[TileJob]],
+                      workers: int) -> list[tuple[int, memoryview]]:
+        """Decode and place what the native pool takes of ``items`` ((tile, bytes)) in one call with up to
+        ``workers`` threads; returns the items left for the Python path (not for the pool, or failed there)."""
+        level, decoder, out = self.level, self.decoder, self.out
+        shape = decoder.tile_shape
+        _, ty, tx, samples = shape
+        jobs = (native.Job * len(items))()
+        taken: list[tuple[int, tuple[int, memoryview], object, np.ndarray | None]] = []
+        rest: list[tuple[int, memoryview]] = []
+        keep = []
+        pitch = out.strides[1]
+        for item in items:
+            tile, data = item
+            tile_jobs = jobs_by_tile[tile]
+            if len(tile_jobs) != 1 or level.tile_extent(tile) != shape:
+                rest.append(item)
+                continue
+            _, ((sz0, _), (sy0, sy1), (sx0, sx1), (sc0, sc1)), ((dz0, _), (dy0, _), (dx0, _), _) = tile_jobs[0]
+            stream = decoder.native_stream(data) if sz0 == 0 and sc0 == 0 and sc1 == samples else None
+            if stream is None:
+                rest.append(item)
+                continue
+            whole = None
+            key = None
+            if self.insert:
+                key = self.cache_key(tile)
+                full = sy0 == 0 and sx0 == 0 and sy1 == ty and sx1 == tx
+                cache = self.cache
+                if full or cache.has_room(level.decoded_tile_nbytes) or cache.admit_part(key):
+                    whole = cache.take_spare(shape, level.dtype)
+                    if whole is None:
+                        whole = decode_buffer(shape, level.dtype)
+            job = jobs[len(taken)]
+            job.src = native.address(stream)
+            job.src_len = len(stream)
+            job.dst = out[dz0, dy0, dx0:].ctypes.data
+            job.dst_pitch = pitch
+            job.tile_out = whole.ctypes.data if whole is not None else None
+            job.tile_w, job.tile_h = tx, ty
+            job.y0, job.y1, job.x0, job.x1 = sy0, sy1, sx0, sx1
+            job.samples = samples
+            keep.append(stream)
+            taken.append((len(taken), item, key, whole))
+        if not taken:
+            return rest
+        self.pool.run((native.Job * len(taken)).from_buffer(jobs), workers)
+        for i, item, key, whole in taken:
+            if jobs[i].status != 0:
+                rest.append(item)
+            elif whole is not None:
+                self.cache.put(key, whole)
+        return rest
 
     def read_range(self, rng: ByteRange) -> memoryview:
         reader = self.readers[rng.file_id]
@@ -314,6 +377,11 @@ def execute(
             state.decode_place(tile, data, jobs_by_tile[tile])
             return 1
 
+        if state.pool is not None and (cancel is None or not cancel.is_set()):
+            left = state.decode_native(items, jobs_by_tile, workers)
+            if progress is not None and len(left) < len(items):
+                progress(len(items) - len(left))
+            items = left
         parallel_for(items, decode_one, workers, progress, cancel)
     else:
         parallel_for(ranges, lambda rng: state.run_range(rng, jobs_by_tile, cancel), workers, progress, cancel)

@@ -1,5 +1,6 @@
 """Cropped JPEG decoding (TurboJPEG 3): regions that need parts of tiles decode only those parts, with the
-pixels of a whole decode, checked against imagecodecs decoding each tile whole."""
+pixels of a whole decode, checked against imagecodecs decoding each tile whole. Every test runs on the Python
+path and on the native tile pool (executors.native), which must crop, cache and fall back alike."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import cucim_like
 from cucim_like import CuImage
 from cucim_like.codecs import get_decoder, turbojpeg
 from cucim_like.codecs import jpeg as jpeg_codec
+from cucim_like.executors import native
 from cucim_like.memory import decode_buffer
 from tests.formats import tiff_fixtures as tfx
 
@@ -60,8 +62,19 @@ def _regions(rng: random.Random, n: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
+@pytest.fixture(autouse=True, params=["python", "native"])
+def tile_path(request, monkeypatch):
+    """Reads go through the Python path (the native pool turned off) or through the native pool."""
+    if request.param == "python":
+        monkeypatch.setattr(native, "_state", [None])
+    elif native.tile_pool() is None:
+        pytest.skip("the native tile pool is not built here")
+    return request.param
+
+
 class _Spy:
-    """Counts decode_crop calls that decoded a part (not those that declined)."""
+    """Counts tiles decoded cropped: decode_crop calls that decoded a part (not those that declined), and
+    native jobs that did."""
 
     def __init__(self, monkeypatch) -> None:
         self.parts = 0
@@ -73,6 +86,14 @@ class _Spy:
             return part
 
         monkeypatch.setattr(jpeg_codec.JpegDecoder, "decode_crop", spy)
+        run = native.TilePool.run
+
+        def spy_run(pool, jobs, workers):
+            left = run(pool, jobs, workers)
+            self.parts += sum(1 for job in jobs if job.status == 0 and job.cropped)
+            return left
+
+        monkeypatch.setattr(native.TilePool, "run", spy_run)
 
 
 @requires_turbojpeg

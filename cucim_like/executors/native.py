@@ -1,0 +1,117 @@
+"""The native tile pool (``_tilepool.c``): one call decodes a read's 8-bit JPEG tiles, whole or cropped, and
+copies each one's needed part into the output, on the calling thread and up to ``workers - 1`` native helper
+threads, with the GIL released once for the whole call.
+
+Optional: built with the package where a C compiler is found (``setup.py``), and used only together with the
+TurboJPEG 3 library of :mod:`cucim_like.codecs.turbojpeg` (whose function addresses it is given). Without
+either, :func:`tile_pool` returns None and tiles go through the Python path as before. ``CUCIM_LIKE_NATIVE=0``
+turns it off. A job the pool declines or fails (status not 0) is decoded again on the Python path, which
+raises the typed error for a damaged stream.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..codecs import turbojpeg
+
+__all__ = ["TilePool", "tile_pool"]
+
+# A helper thread stays awake (spinning) this long after its last job, so the next read of a loop of small
+# reads finds it running instead of waking it (a wake-up took 51-85 µs on the reference VM)
+_SPIN_US = 200
+
+
+class Job(ctypes.Structure):
+    """One tile: its complete stream, the part of it to place (rows y0:y1, columns x0:x1) and where."""
+
+    _fields_ = [
+        ("src", ctypes.c_void_p),
+        ("src_len", ctypes.c_int64),
+        ("dst", ctypes.c_void_p),
+        ("dst_pitch", ctypes.c_int64),
+        ("tile_out", ctypes.c_void_p),
+        ("tile_w", ctypes.c_int32),
+        ("tile_h", ctypes.c_int32),
+        ("y0", ctypes.c_int32),
+        ("y1", ctypes.c_int32),
+        ("x0", ctypes.c_int32),
+        ("x1", ctypes.c_int32),
+        ("samples", ctypes.c_int32),
+        ("status", ctypes.c_int32),
+        ("cropped", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+    ]
+
+
+class TilePool:
+    """ctypes binding of ``_tilepool``: :meth:`run` a list of :class:`Job`."""
+
+    def __init__(self, lib: ctypes.CDLL, tj: turbojpeg.TurboJpeg) -> None:
+        lib.tilepool_job_size.restype = ctypes.c_size_t
+        if lib.tilepool_job_size() != ctypes.sizeof(Job):
+            raise OSError("native tile pool built with another job layout")
+        tjlib = tj._lib
+        names = ("tj3Init", "tj3Destroy", "tj3Set", "tj3Get", "tj3DecompressHeader", "tj3SetCroppingRegion",
+                 "tj3Decompress8")
+        fns = (ctypes.c_void_p * len(names))(*(ctypes.cast(getattr(tjlib, n), ctypes.c_void_p).value
+                                               for n in names))
+        lib.tilepool_init.argtypes = [ctypes.c_void_p, ctypes.c_long]
+        lib.tilepool_init(fns, _SPIN_US)
+        lib.tilepool_run.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        lib.tilepool_run.restype = ctypes.c_int
+        self._fns = fns
+        self._run = lib.tilepool_run
+        self._lib = lib
+
+    def run(self, jobs: ctypes.Array, workers: int) -> int:
+        """Run ``jobs`` (a ctypes array of :class:`Job`) with up to ``workers`` threads; returns how many were
+        not done (their ``status`` is not 0). The GIL is released for the whole call."""
+        return self._run(jobs, len(jobs), workers)
+
+
+def _library_path() -> Path | None:
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_tilepool{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+_state: list = []
+_lock = threading.Lock()
+
+
+def tile_pool() -> TilePool | None:
+    """The process's native tile pool, loaded on first call; None when it was not built, TurboJPEG 3 is
+    missing, or ``CUCIM_LIKE_NATIVE=0``."""
+    if not _state:
+        with _lock:
+            if not _state:
+                _state.append(_load())
+    return _state[0]
+
+
+def _load() -> TilePool | None:
+    if os.environ.get("CUCIM_LIKE_NATIVE", "1") == "0":
+        return None
+    tj = turbojpeg.library()
+    path = _library_path()
+    if tj is None or path is None:
+        return None
+    try:
+        return TilePool(ctypes.CDLL(str(path)), tj)
+    except (OSError, AttributeError):
+        return None
+
+
+def address(buf: bytes | memoryview | np.ndarray) -> int:
+    """Address of the first byte of a contiguous buffer (bytes, a memoryview of one, an array)."""
+    return np.frombuffer(buf, np.uint8).ctypes.data if not isinstance(buf, np.ndarray) else buf.ctypes.data
