@@ -45,15 +45,20 @@ static int (*tj_decompress8)(tjhandle, const unsigned char *, size_t, unsigned c
 /* iMCU width per TJSAMP (444, 422, 420, GRAY, 440, 411, 441) */
 static const int MCU_WIDTH[7] = {8, 16, 16, 8, 8, 32, 8};
 
-/* ---- one job: a tile's stream, the part of it a read needs, where that part goes ---- */
+/* ---- one job: a tile's stream and the parts of it to place (several when patches of a batch share it) ---- */
+typedef struct {
+    unsigned char *dst;       /* output pixel of tile row y0, column x0 */
+    int64_t pitch;            /* bytes between output rows */
+    int32_t y0, y1, x0, x1;   /* the tile's rows and columns to place */
+} place_t;
+
 typedef struct {
     const unsigned char *src; /* complete JPEG stream */
     int64_t src_len;
-    unsigned char *dst;       /* output pixel of tile row y0, column x0 */
-    int64_t dst_pitch;        /* bytes between output rows */
+    place_t *places;
+    int64_t nplaces;
     unsigned char *tile_out;  /* NULL, or a C-contiguous tile (tile_h x tile_w x samples) to decode whole into */
     int32_t tile_w, tile_h;   /* the tile's frame: width must match, height at most this (short last strips) */
-    int32_t y0, y1, x0, x1;   /* the tile's rows and columns to place */
     int32_t samples;          /* 1 (gray) or 3 (RGB) */
     int32_t status;           /* out: 0 done; 1 declined (not for this path); 2 TurboJPEG failed */
     int32_t cropped;          /* out: 1 when only a part of the tile was decoded */
@@ -107,9 +112,17 @@ static void copy_rows(unsigned char *dst, int64_t dst_pitch, const unsigned char
 static int run_job(job_t *j) {
     j->cropped = 0;
     const int tw = j->tile_w, th = j->tile_h, s = j->samples;
-    if ((s != 1 && s != 3) || j->src_len <= 0 || j->y0 < 0 || j->y1 <= j->y0 || j->x0 < 0 || j->x1 <= j->x0
-        || j->x1 > tw || j->y1 > th)
-        return JOB_DECLINED;
+    if ((s != 1 && s != 3) || j->src_len <= 0 || j->nplaces <= 0) return JOB_DECLINED;
+    int y0 = th, y1 = 0, x0 = tw, x1 = 0; /* the union of the parts */
+    for (int64_t k = 0; k < j->nplaces; k++) {
+        const place_t *p = &j->places[k];
+        if (p->y0 < 0 || p->y1 <= p->y0 || p->x0 < 0 || p->x1 <= p->x0 || p->x1 > tw || p->y1 > th)
+            return JOB_DECLINED;
+        if (p->y0 < y0) y0 = p->y0;
+        if (p->y1 > y1) y1 = p->y1;
+        if (p->x0 < x0) x0 = p->x0;
+        if (p->x1 > x1) x1 = p->x1;
+    }
     tjhandle h = tj_init(TJINIT_DECOMPRESS); /* fresh per stream: no tables carried over from another one */
     if (!h) return JOB_FAILED;
     int status = JOB_DECLINED;
@@ -117,38 +130,29 @@ static int run_job(job_t *j) {
     if (tj_header(h, j->src, (size_t)j->src_len) != 0) goto done;
     int height = tj_get(h, TJPARAM_JPEGHEIGHT), width = tj_get(h, TJPARAM_JPEGWIDTH);
     int sub = tj_get(h, TJPARAM_SUBSAMP), cs = tj_get(h, TJPARAM_COLORSPACE);
-    if (width != tw || height < j->y1 || height > th || tj_get(h, TJPARAM_PRECISION) != 8
+    if (width != tw || height < y1 || height > th || tj_get(h, TJPARAM_PRECISION) != 8
         || tj_get(h, TJPARAM_LOSSLESS) != 0)
         goto done;
     if (s == 3 ? (cs != 0 && cs != 1) : cs != 2) goto done; /* TJCS_RGB/YCbCr for RGB, TJCS_GRAY for gray */
-    int pf = s == 3 ? TJPF_RGB : TJPF_GRAY;
-    const size_t row_bytes = (size_t)(j->x1 - j->x0) * s;
-    if (j->tile_out) { /* the whole tile, kept by the caller (the tile cache) */
-        if (height != th) goto done;
-        if (tj_decompress8(h, j->src, (size_t)j->src_len, j->tile_out, tw * s, pf) != 0) {
-            status = JOB_FAILED;
-            goto done;
-        }
-        copy_rows(j->dst, j->dst_pitch, j->tile_out + ((size_t)j->y0 * tw + j->x0) * s, (int64_t)tw * s,
-                  j->y1 - j->y0, row_bytes);
-        status = JOB_OK;
-        goto done;
-    }
-    /* Crop to the rows and columns needed when that pays: the left edge on an iMCU column, a margin of at
-     * least one column on each cut side (edge columns are upsampled without their outer neighbour). */
-    int left = 0, right = width, top = j->y0, bottom = j->y1;
+    const int pf = s == 3 ? TJPF_RGB : TJPF_GRAY;
+    /* Decode the whole tile into the caller's tile (kept by the tile cache), or crop to the rows and columns
+     * needed when that pays: the left edge on an iMCU column, a margin of at least one column on each cut
+     * side (edge columns are upsampled without their outer neighbour). */
+    int left = 0, right = width, top = 0, bottom = height, cropped = 0;
     int mcu = (sub >= 0 && sub < 7) ? MCU_WIDTH[sub] : 0;
-    int cropped = 0;
-    if (mcu && !(j->y0 == 0 && j->x0 == 0 && j->y1 == height && j->x1 == width)
-        && crop_cost(j->y0, j->y1, (double)(j->x1 - j->x0) / width, th) < WHOLE_COST) {
-        left = j->x0 > 0 ? (j->x0 - 1) / mcu * mcu : 0;
-        right = j->x1 < width ? (j->x1 + mcu < width ? j->x1 + mcu : width) : width;
-        if ((right - left) * 4 > width * 3) { left = 0; right = width; }
-        cropped = crop_cost(j->y0, j->y1, (double)(right - left) / width, th) < WHOLE_COST;
+    if (j->tile_out) {
+        if (height != th) goto done;
+    } else if (mcu && !(y0 == 0 && x0 == 0 && y1 == height && x1 == width)
+               && crop_cost(y0, y1, (double)(x1 - x0) / width, th) < WHOLE_COST) {
+        int l = x0 > 0 ? (x0 - 1) / mcu * mcu : 0;
+        int r = x1 < width ? (x1 + mcu < width ? x1 + mcu : width) : width;
+        if ((r - l) * 4 > width * 3) { l = 0; r = width; }
+        if (crop_cost(y0, y1, (double)(r - l) / width, th) < WHOLE_COST) {
+            left = l; right = r; top = y0; bottom = y1; cropped = 1;
+        }
     }
-    if (!cropped) { left = 0; right = width; top = 0; bottom = height; }
     const int w = right - left, rows = bottom - top;
-    unsigned char *buf = scratch_get((size_t)w * rows * s);
+    unsigned char *buf = j->tile_out ? j->tile_out : scratch_get((size_t)w * rows * s);
     if (!buf) { status = JOB_FAILED; goto done; }
     if (cropped && !(left == 0 && right == width && top == 0 && bottom == height)) {
         tjregion r = {left, top, w, rows};
@@ -158,8 +162,11 @@ static int run_job(job_t *j) {
         status = JOB_FAILED;
         goto done;
     }
-    copy_rows(j->dst, j->dst_pitch, buf + ((size_t)(j->y0 - top) * w + (j->x0 - left)) * s, (int64_t)w * s,
-              j->y1 - j->y0, row_bytes);
+    for (int64_t k = 0; k < j->nplaces; k++) {
+        const place_t *p = &j->places[k];
+        copy_rows(p->dst, p->pitch, buf + ((size_t)(p->y0 - top) * w + (p->x0 - left)) * s, (int64_t)w * s,
+                  p->y1 - p->y0, (size_t)(p->x1 - p->x0) * s);
+    }
     j->cropped = cropped;
     status = JOB_OK;
 done:

@@ -25,6 +25,8 @@ from . import native
 from .pool import thread_pool
 
 _SMALL_REQUEST_TILES = 64
+# compressed bytes read for one call of the native pool (a whole-level read makes many such calls)
+_NATIVE_GROUP_BYTES = 8 << 20
 
 Progress = Callable[[int], None]
 
@@ -194,51 +196,53 @@ class _Read:
         level, decoder, out = self.level, self.decoder, self.out
         shape = decoder.tile_shape
         _, ty, tx, samples = shape
-        jobs = (native.Job * len(items))()
-        taken: list[tuple[int, tuple[int, memoryview], object, np.ndarray | None]] = []
+        base = out.ctypes.data
+        sz_, sy_, sx_, _ = out.strides
+        jobs: list[tuple] = []
+        places: list[tuple] = []
+        taken: list[tuple[tuple[int, memoryview], object, np.ndarray | None]] = []
         rest: list[tuple[int, memoryview]] = []
         keep = []
-        pitch = out.strides[1]
+        insert, cache = self.insert, self.cache
         for item in items:
             tile, data = item
-            tile_jobs = jobs_by_tile[tile]
-            if len(tile_jobs) != 1 or level.tile_extent(tile) != shape:
-                rest.append(item)
-                continue
-            _, ((sz0, _), (sy0, sy1), (sx0, sx1), (sc0, sc1)), ((dz0, _), (dy0, _), (dx0, _), _) = tile_jobs[0]
-            stream = decoder.native_stream(data) if sz0 == 0 and sc0 == 0 and sc1 == samples else None
-            if stream is None:
-                rest.append(item)
-                continue
-            whole = None
-            key = None
-            if self.insert:
-                key = self.cache_key(tile)
-                full = sy0 == 0 and sx0 == 0 and sy1 == ty and sx1 == tx
-                cache = self.cache
-                if full or cache.has_room(level.decoded_tile_nbytes) or cache.admit_part(key):
-                    whole = cache.take_spare(shape, level.dtype)
-                    if whole is None:
-                        whole = decode_buffer(shape, level.dtype)
-            job = jobs[len(taken)]
-            job.src = native.address(stream)
-            job.src_len = len(stream)
-            job.dst = out[dz0, dy0, dx0:].ctypes.data
-            job.dst_pitch = pitch
-            job.tile_out = whole.ctypes.data if whole is not None else None
-            job.tile_w, job.tile_h = tx, ty
-            job.y0, job.y1, job.x0, job.x1 = sy0, sy1, sx0, sx1
-            job.samples = samples
-            keep.append(stream)
-            taken.append((len(taken), item, key, whole))
+            first = len(places)
+            full = False
+            for _, ((sz0, _), (sy0, sy1), (sx0, sx1), (sc0, sc1)), ((dz0, _), (dy0, _), (dx0, _), _) in (
+                    jobs_by_tile[tile]):
+                if sz0 != 0 or sc0 != 0 or sc1 != samples:
+                    break
+                places.append((base + dz0 * sz_ + dy0 * sy_ + dx0 * sx_, sy_, sy0, sy1, sx0, sx1))
+                full = full or (sy0 == 0 and sx0 == 0 and sy1 == ty and sx1 == tx)
+            else:
+                stream = decoder.native_stream(data) if level.tile_extent(tile) == shape else None
+                if stream is not None:
+                    whole = key = None
+                    if insert:
+                        key = self.cache_key(tile)
+                        if full or cache.has_room(level.decoded_tile_nbytes) or cache.admit_part(key):
+                            whole = cache.take_spare(shape, level.dtype)
+                            if whole is None:
+                                whole = decode_buffer(shape, level.dtype)
+                    jobs.append((native.address(stream), len(stream), first, len(places) - first,
+                                 whole.ctypes.data if whole is not None else 0, tx, ty, samples, 0, 0, 0))
+                    keep.append(stream)
+                    taken.append((item, key, whole))
+                    continue
+            del places[first:]
+            rest.append(item)
         if not taken:
             return rest
-        self.pool.run((native.Job * len(taken)).from_buffer(jobs), workers)
-        for i, item, key, whole in taken:
-            if jobs[i].status != 0:
+        place_arr = np.array(places, dtype=native.PLACE)
+        job_arr = np.array(jobs, dtype=native.JOB)
+        job_arr["places"] = place_arr.ctypes.data + job_arr["places"] * native.PLACE.itemsize
+        self.pool.run(job_arr, workers)
+        status = job_arr["status"].tolist()
+        for (item, key, whole), st in zip(taken, status, strict=True):
+            if st != 0:
                 rest.append(item)
             elif whole is not None:
-                self.cache.put(key, whole)
+                cache.put(key, whole)
         return rest
 
     def read_range(self, rng: ByteRange) -> memoryview:
@@ -364,28 +368,52 @@ def execute(
     max_size = int(min(4 << 20, max(256 << 10, total // (4 * workers))))
     ranges = coalesce_ranges(todo, state.offsets, state.lengths, state.file_ids, max_size=max_size)
 
-    if len(todo) <= _SMALL_REQUEST_TILES and len(ranges) < 2 * workers:
+    def decode_one(item: tuple) -> int:
+        tile, data = item
+        state.decode_place(tile, data, jobs_by_tile[tile])
+        return 1
+
+    if state.pool is not None:
+        _execute_native(state, ranges, jobs_by_tile, workers, decode_one, progress, cancel)
+    elif len(todo) <= _SMALL_REQUEST_TILES and len(ranges) < 2 * workers:
         # Few reads: fetch inline, then decode every tile as its own work item.
         items: list[tuple] = []
         for rng in ranges:
             buf = state.read_range(rng)
             for tile in rng.tiles:
                 items.append((tile, state.tile_bytes(rng, buf, tile)))
-
-        def decode_one(item: tuple) -> int:
-            tile, data = item
-            state.decode_place(tile, data, jobs_by_tile[tile])
-            return 1
-
-        if state.pool is not None and (cancel is None or not cancel.is_set()):
-            left = state.decode_native(items, jobs_by_tile, workers)
-            if progress is not None and len(left) < len(items):
-                progress(len(items) - len(left))
-            items = left
         parallel_for(items, decode_one, workers, progress, cancel)
     else:
         parallel_for(ranges, lambda rng: state.run_range(rng, jobs_by_tile, cancel), workers, progress, cancel)
     return out
+
+
+def _execute_native(state: _Read, ranges: list[ByteRange], jobs_by_tile: dict[int, list[TileJob]], workers: int,
+                    decode_one: Callable[[object], int], progress: Progress | None,
+                    cancel: threading.Event | None) -> None:
+    """Read the ranges in groups of about ``_NATIVE_GROUP_BYTES`` and hand each group's tiles to the native
+    pool in one call; tiles it leaves (not for it, or failed there) go through the Python path, group by
+    group, so the compressed bytes held at once stay bounded."""
+    group: list[ByteRange] = []
+    size = 0
+    for i, rng in enumerate(ranges):
+        group.append(rng)
+        size += rng.stop - rng.start
+        if size < _NATIVE_GROUP_BYTES and i + 1 < len(ranges):
+            continue
+        if cancel is not None and cancel.is_set():
+            return
+        items: list[tuple] = []
+        for r in group:
+            buf = state.read_range(r)
+            for tile in r.tiles:
+                items.append((tile, state.tile_bytes(r, buf, tile)))
+        left = state.decode_native(items, jobs_by_tile, workers)
+        if progress is not None and len(left) < len(items):
+            progress(len(items) - len(left))
+        if left:
+            parallel_for(left, decode_one, workers, progress, cancel)
+        group, size = [], 0
 
 
 def _execute_chunks(state: _Read, jobs_by_tile: dict[int, list[TileJob]], tiles: list[int], fill: float,

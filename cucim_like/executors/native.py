@@ -21,41 +21,30 @@ import numpy as np
 
 from ..codecs import turbojpeg
 
-__all__ = ["TilePool", "tile_pool"]
+__all__ = ["JOB", "PLACE", "TilePool", "tile_pool"]
 
 # A helper thread stays awake (spinning) this long after its last job, so the next read of a loop of small
 # reads finds it running instead of waking it (a wake-up took 51-85 µs on the reference VM)
 _SPIN_US = 200
 
 
-class Job(ctypes.Structure):
-    """One tile: its complete stream, the part of it to place (rows y0:y1, columns x0:x1) and where."""
-
-    _fields_ = [
-        ("src", ctypes.c_void_p),
-        ("src_len", ctypes.c_int64),
-        ("dst", ctypes.c_void_p),
-        ("dst_pitch", ctypes.c_int64),
-        ("tile_out", ctypes.c_void_p),
-        ("tile_w", ctypes.c_int32),
-        ("tile_h", ctypes.c_int32),
-        ("y0", ctypes.c_int32),
-        ("y1", ctypes.c_int32),
-        ("x0", ctypes.c_int32),
-        ("x1", ctypes.c_int32),
-        ("samples", ctypes.c_int32),
-        ("status", ctypes.c_int32),
-        ("cropped", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
-    ]
+# _tilepool.c's place_t and job_t (C layout: align=True)
+PLACE = np.dtype([("dst", np.uint64), ("pitch", np.int64), ("y0", np.int32), ("y1", np.int32),
+                  ("x0", np.int32), ("x1", np.int32)], align=True)
+"""One part of a tile to place: rows y0:y1 and columns x0:x1 of the tile, to ``dst`` (rows ``pitch`` apart)."""
+JOB = np.dtype([("src", np.uint64), ("src_len", np.int64), ("places", np.uint64), ("nplaces", np.int64),
+                ("tile_out", np.uint64), ("tile_w", np.int32), ("tile_h", np.int32), ("samples", np.int32),
+                ("status", np.int32), ("cropped", np.int32), ("reserved", np.int32)], align=True)
+"""One tile: its complete stream, its places, where to decode it whole (0: decode what the places need).
+Out: ``status`` (0 done, else left for the Python path) and ``cropped``."""
 
 
 class TilePool:
-    """ctypes binding of ``_tilepool``: :meth:`run` a list of :class:`Job`."""
+    """ctypes binding of ``_tilepool``: :meth:`run` an array of :data:`JOB`."""
 
     def __init__(self, lib: ctypes.CDLL, tj: turbojpeg.TurboJpeg) -> None:
         lib.tilepool_job_size.restype = ctypes.c_size_t
-        if lib.tilepool_job_size() != ctypes.sizeof(Job):
+        if lib.tilepool_job_size() != JOB.itemsize:
             raise OSError("native tile pool built with another job layout")
         tjlib = tj._lib
         names = ("tj3Init", "tj3Destroy", "tj3Set", "tj3Get", "tj3DecompressHeader", "tj3SetCroppingRegion",
@@ -70,10 +59,13 @@ class TilePool:
         self._run = lib.tilepool_run
         self._lib = lib
 
-    def run(self, jobs: ctypes.Array, workers: int) -> int:
-        """Run ``jobs`` (a ctypes array of :class:`Job`) with up to ``workers`` threads; returns how many were
-        not done (their ``status`` is not 0). The GIL is released for the whole call."""
-        return self._run(jobs, len(jobs), workers)
+    def run(self, jobs: np.ndarray, workers: int) -> int:
+        """Run ``jobs`` (a C-contiguous array of :data:`JOB`, whose places and buffers the caller keeps alive)
+        with up to ``workers`` threads; returns how many were not done (``status`` not 0). The GIL is released
+        for the whole call."""
+        if jobs.dtype != JOB or not jobs.flags.c_contiguous:
+            raise ValueError("jobs must be a C-contiguous array of native.JOB")
+        return self._run(jobs.ctypes.data, len(jobs), workers)
 
 
 def _library_path() -> Path | None:

@@ -90,7 +90,7 @@ class _Spy:
 
         def spy_run(pool, jobs, workers):
             left = run(pool, jobs, workers)
-            self.parts += sum(1 for job in jobs if job.status == 0 and job.cropped)
+            self.parts += int(((jobs["status"] == 0) & (jobs["cropped"] != 0)).sum())
             return left
 
         monkeypatch.setattr(native.TilePool, "run", spy_run)
