@@ -25,8 +25,6 @@ from . import native
 from .pool import thread_pool
 
 _SMALL_REQUEST_TILES = 64
-# compressed bytes read for one call of the native pool (a whole-level read makes many such calls)
-_NATIVE_GROUP_BYTES = 8 << 20
 
 Progress = Callable[[int], None]
 
@@ -207,14 +205,15 @@ class _Read:
         for item in items:
             tile, data = item
             first = len(places)
-            full = False
+            y0, y1, x0, x1 = ty, 0, tx, 0  # the union of the parts
             for _, ((sz0, _), (sy0, sy1), (sx0, sx1), (sc0, sc1)), ((dz0, _), (dy0, _), (dx0, _), _) in (
                     jobs_by_tile[tile]):
                 if sz0 != 0 or sc0 != 0 or sc1 != samples:
                     break
                 places.append((base + dz0 * sz_ + dy0 * sy_ + dx0 * sx_, sy_, sy0, sy1, sx0, sx1))
-                full = full or (sy0 == 0 and sx0 == 0 and sy1 == ty and sx1 == tx)
+                y0, y1, x0, x1 = min(y0, sy0), max(y1, sy1), min(x0, sx0), max(x1, sx1)
             else:
+                full = y0 == 0 and x0 == 0 and y1 == ty and x1 == tx
                 stream = decoder.native_stream(data) if level.tile_extent(tile) == shape else None
                 if stream is not None:
                     whole = key = None
@@ -374,7 +373,7 @@ def execute(
         return 1
 
     if state.pool is not None:
-        _execute_native(state, ranges, jobs_by_tile, workers, decode_one, progress, cancel)
+        _execute_native(state, ranges, max_size, jobs_by_tile, workers, decode_one, progress, cancel)
     elif len(todo) <= _SMALL_REQUEST_TILES and len(ranges) < 2 * workers:
         # Few reads: fetch inline, then decode every tile as its own work item.
         items: list[tuple] = []
@@ -388,18 +387,19 @@ def execute(
     return out
 
 
-def _execute_native(state: _Read, ranges: list[ByteRange], jobs_by_tile: dict[int, list[TileJob]], workers: int,
-                    decode_one: Callable[[object], int], progress: Progress | None,
+def _execute_native(state: _Read, ranges: list[ByteRange], group_bytes: int, jobs_by_tile: dict[int, list[TileJob]],
+                    workers: int, decode_one: Callable[[object], int], progress: Progress | None,
                     cancel: threading.Event | None) -> None:
-    """Read the ranges in groups of about ``_NATIVE_GROUP_BYTES`` and hand each group's tiles to the native
-    pool in one call; tiles it leaves (not for it, or failed there) go through the Python path, group by
-    group, so the compressed bytes held at once stay bounded."""
+    """Read the ranges in groups of about ``group_bytes`` (the coalescing limit: a quarter of the request's
+    bytes per thread, 256 KiB to 4 MiB) and hand each group's tiles to the native pool in one call; tiles it
+    leaves (not for it, or failed there) go through the Python path, group by group. The compressed bytes held
+    at once stay as bounded as on the Python path, where each thread holds one coalesced read."""
     group: list[ByteRange] = []
     size = 0
     for i, rng in enumerate(ranges):
         group.append(rng)
         size += rng.stop - rng.start
-        if size < _NATIVE_GROUP_BYTES and i + 1 < len(ranges):
+        if size < group_bytes and i + 1 < len(ranges):
             continue
         if cancel is not None and cancel.is_set():
             return

@@ -68,10 +68,13 @@ class TilePool:
         return self._run(jobs.ctypes.data, len(jobs), workers)
 
 
+LIBRARY_NAME = "_tilepool"  # setup.py builds it as the extension module cucim_like.executors._tilepool
+
+
 def _library_path() -> Path | None:
     here = Path(__file__).resolve().parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_tilepool{suffix}"
+        path = here / f"{LIBRARY_NAME}{suffix}"
         if path.is_file():
             return path
     return None
