@@ -42,8 +42,10 @@ static int (*tj_header)(tjhandle, const unsigned char *, size_t);
 static int (*tj_crop)(tjhandle, tjregion);
 static int (*tj_decompress8)(tjhandle, const unsigned char *, size_t, unsigned char *, int, int);
 
-/* iMCU width per TJSAMP (444, 422, 420, GRAY, 440, 411, 441) */
-static const int MCU_WIDTH[7] = {8, 16, 16, 8, 8, 32, 8};
+/* iMCU width per TJSAMP (444, 422, 420, GRAY, 440, 411, 441), and the crop cost rule: both given by Python
+ * (cucim_like/codecs/turbojpeg.py _MCU_WIDTH, cucim_like/codecs/jpeg.py CROP_COST and _WHOLE_COST) */
+static int MCU_WIDTH[7];
+static double COST_FIXED, COST_SKIPPED, COST_KEPT, COST_LEAST_WIDTH, WHOLE_COST;
 
 /* ---- one job: a tile's stream and the parts of it to place (several when patches of a batch share it) ---- */
 typedef struct {
@@ -67,12 +69,11 @@ typedef struct {
 
 enum { JOB_OK = 0, JOB_DECLINED = 1, JOB_FAILED = 2 };
 
-/* Cost of a cropped decode against a whole one (see cucim_like/codecs/jpeg.py, _crop_cost) */
+/* Cost of a cropped decode against a whole one (cucim_like/codecs/jpeg.py, _crop_cost) */
 static double crop_cost(int y0, int y1, double width_fraction, int height) {
-    double wf = width_fraction > 0.25 ? width_fraction : 0.25;
-    return 0.13 + (0.52 * y1 + 0.35 * (y1 - y0) * wf) / height;
+    double wf = width_fraction > COST_LEAST_WIDTH ? width_fraction : COST_LEAST_WIDTH;
+    return COST_FIXED + (COST_SKIPPED * y1 + COST_KEPT * (y1 - y0) * wf) / height;
 }
-#define WHOLE_COST 0.92
 
 /* Per-thread scratch for decoded regions, 16 bytes past a 64-byte boundary (libjpeg-turbo writes slower
  * into 32-byte aligned rows; see cucim_like/memory.py) */
@@ -253,8 +254,15 @@ static void reset_after_fork(void) {
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static void register_fork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
 
-/* Set the TurboJPEG 3 function addresses (in the order below); returns 0. */
-int tilepool_init(void **fns, long spin_microseconds) {
+/* Set the TurboJPEG 3 function addresses (in the order below), the 7 iMCU widths and the 5 crop cost numbers
+ * (fixed, skipped, kept, least width fraction, whole); returns 0. */
+int tilepool_init(void **fns, const int *mcu_widths, const double *costs, long spin_microseconds) {
+    for (int i = 0; i < 7; i++) MCU_WIDTH[i] = mcu_widths[i];
+    COST_FIXED = costs[0];
+    COST_SKIPPED = costs[1];
+    COST_KEPT = costs[2];
+    COST_LEAST_WIDTH = costs[3];
+    WHOLE_COST = costs[4];
     tj_init = (tjhandle(*)(int))fns[0];
     tj_destroy = (void (*)(tjhandle))fns[1];
     tj_set = (int (*)(tjhandle, int, int))fns[2];

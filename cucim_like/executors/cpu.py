@@ -4,6 +4,9 @@ Tiles a plan needs are looked up in the tile cache; the rest are sorted by file 
 reads. Large requests make one work item per coalesced read (read + decode + place), one in flight per thread,
 so memory stays bounded; small requests read inline and make each tile its own item, so the cores share even a
 four-tile region. The calling thread works too. Decoding and copying release the GIL.
+
+JPEG tiles that TurboJPEG 3 can decode go to the native tile pool instead, where it is built (:mod:`.native`):
+one call per read, or per group of coalesced reads, decodes and places them all; what it leaves comes back here.
 """
 
 from __future__ import annotations
@@ -134,11 +137,22 @@ class _Read:
             y0, y1, x0, x1 = min(y0, sy0), max(y1, sy1), min(x0, sx0), max(x1, sx1)
         if y0 == 0 and x0 == 0 and y1 == shape[1] and x1 == shape[2]:
             return None
-        if self.insert:
-            cache = self.cache
-            if cache.has_room(self.level.decoded_tile_nbytes) or cache.admit_part(self.cache_key(tile)):
-                return None
+        if self.part_goes_whole_to_cache(tile):
+            return None
         return y0, y1, x0, x1
+
+    def part_goes_whole_to_cache(self, tile: int) -> bool:
+        """Whether a tile a read needs only part of is decoded whole and kept: while the cache has room, or on
+        the second request of a tile whose key the cache still remembers (the first is decoded cropped)."""
+        if not self.insert:
+            return False
+        cache = self.cache
+        return cache.has_room(self.level.decoded_tile_nbytes) or cache.admit_part(self.cache_key(tile))
+
+    def cache_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A tile buffer for the cache to keep: one an eviction freed, else a new one."""
+        buf = self.cache.take_spare(shape, self.level.dtype)
+        return buf if buf is not None else decode_buffer(shape, self.level.dtype)
 
     def decode_cropped(self, tile: int, data: bytes | memoryview, jobs: list[TileJob],
                        shape: tuple[int, ...]) -> bool:
@@ -168,9 +182,7 @@ class _Read:
         if direct is not None:
             buf = direct
         elif self.insert:
-            buf = self.cache.take_spare(shape, level.dtype)
-            if buf is None:
-                buf = decode_buffer(shape, level.dtype)
+            buf = self.cache_buffer(shape)
         else:
             buf = _scratch.get(shape, level.dtype)
         try:
@@ -198,10 +210,10 @@ class _Read:
         sz_, sy_, sx_, _ = out.strides
         jobs: list[tuple] = []
         places: list[tuple] = []
-        taken: list[tuple[tuple[int, memoryview], object, np.ndarray | None]] = []
+        taken: list[tuple[tuple[int, memoryview], np.ndarray | None]] = []
         rest: list[tuple[int, memoryview]] = []
         keep = []
-        insert, cache = self.insert, self.cache
+        insert = self.insert
         for item in items:
             tile, data = item
             first = len(places)
@@ -216,17 +228,13 @@ class _Read:
                 full = y0 == 0 and x0 == 0 and y1 == ty and x1 == tx
                 stream = decoder.native_stream(data) if level.tile_extent(tile) == shape else None
                 if stream is not None:
-                    whole = key = None
-                    if insert:
-                        key = self.cache_key(tile)
-                        if full or cache.has_room(level.decoded_tile_nbytes) or cache.admit_part(key):
-                            whole = cache.take_spare(shape, level.dtype)
-                            if whole is None:
-                                whole = decode_buffer(shape, level.dtype)
+                    whole = None
+                    if insert and (full or self.part_goes_whole_to_cache(tile)):
+                        whole = self.cache_buffer(shape)
                     jobs.append((native.address(stream), len(stream), first, len(places) - first,
                                  whole.ctypes.data if whole is not None else 0, tx, ty, samples, 0, 0, 0))
                     keep.append(stream)
-                    taken.append((item, key, whole))
+                    taken.append((item, whole))
                     continue
             del places[first:]
             rest.append(item)
@@ -237,11 +245,11 @@ class _Read:
         job_arr["places"] = place_arr.ctypes.data + job_arr["places"] * native.PLACE.itemsize
         self.pool.run(job_arr, workers)
         status = job_arr["status"].tolist()
-        for (item, key, whole), st in zip(taken, status, strict=True):
+        for (item, whole), st in zip(taken, status, strict=True):
             if st != 0:
                 rest.append(item)
             elif whole is not None:
-                cache.put(key, whole)
+                self.cache.put(self.cache_key(item[0]), whole)
         return rest
 
     def read_range(self, rng: ByteRange) -> memoryview:

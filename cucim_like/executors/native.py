@@ -51,11 +51,16 @@ class TilePool:
                  "tj3Decompress8")
         fns = (ctypes.c_void_p * len(names))(*(ctypes.cast(getattr(tjlib, n), ctypes.c_void_p).value
                                                for n in names))
-        lib.tilepool_init.argtypes = [ctypes.c_void_p, ctypes.c_long]
-        lib.tilepool_init(fns, _SPIN_US)
+        from ..codecs import jpeg
+
+        if len(turbojpeg._MCU_WIDTH) != 7:
+            raise OSError("the native tile pool knows 7 TurboJPEG subsamplings")
+        mcu = (ctypes.c_int * 7)(*turbojpeg._MCU_WIDTH)
+        costs = (ctypes.c_double * 5)(*jpeg.CROP_COST, jpeg._WHOLE_COST)
+        lib.tilepool_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
+        lib.tilepool_init(fns, mcu, costs, _SPIN_US)
         lib.tilepool_run.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         lib.tilepool_run.restype = ctypes.c_int
-        self._fns = fns
         self._run = lib.tilepool_run
         self._lib = lib
 
@@ -107,6 +112,6 @@ def _load() -> TilePool | None:
         return None
 
 
-def address(buf: bytes | memoryview | np.ndarray) -> int:
-    """Address of the first byte of a contiguous buffer (bytes, a memoryview of one, an array)."""
-    return np.frombuffer(buf, np.uint8).ctypes.data if not isinstance(buf, np.ndarray) else buf.ctypes.data
+def address(buf: bytes | memoryview) -> int:
+    """Address of the first byte of a contiguous buffer (bytes, or a memoryview of one)."""
+    return np.frombuffer(buf, np.uint8).ctypes.data

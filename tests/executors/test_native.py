@@ -185,3 +185,24 @@ def test_turned_off_by_environment():
     env = {**os.environ, "CUCIM_LIKE_NATIVE": "0"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_crop_rule_is_the_python_paths(slide, monkeypatch):
+    """The pool decodes a part costing about a whole decode whole, and a corner cropped, by the cost numbers
+    it is given from codecs/jpeg.py (the Python path's rule, checked in tests/codecs/test_jpeg_crop.py)."""
+    path, ref = slide
+    seen: list[tuple[int, int]] = []
+    run = native.TilePool.run
+
+    def recording(pool, jobs, workers):
+        left = run(pool, jobs, workers)
+        seen.extend(zip(jobs["status"].tolist(), jobs["cropped"].tolist(), strict=True))
+        return left
+
+    monkeypatch.setattr(native.TilePool, "run", recording)
+    CuImage.cache("no_cache")
+    img = CuImage(path)
+    for (x, y, w, h), cropped in (((0, 0, 96, 63), 0), ((50, 40, 10, 24), 1)):  # all rows but one; a corner
+        seen.clear()
+        np.testing.assert_array_equal(img.read_region((x, y), (w, h)), ref[y : y + h, x : x + w])
+        assert seen == [(0, cropped)]
