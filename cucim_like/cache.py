@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -128,6 +128,15 @@ class TileCache:
                 else:
                     self.hit_count += 1
             return arr
+
+    def get_many(self, keys: Sequence[Hashable]) -> list[np.ndarray | None]:
+        """:meth:`get` for each of ``keys``, in order (one lock, or one look-up pass, for all)."""
+        return [self.get(key) for key in keys]
+
+    def put_many(self, items: Sequence[tuple[Hashable, np.ndarray]]) -> None:
+        """:meth:`put` for each (key, tile) of ``items``."""
+        for key, arr in items:
+            self.put(key, arr)
 
     def put(self, key: Hashable, arr: np.ndarray) -> None:
         nbytes = arr.nbytes

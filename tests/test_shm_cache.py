@@ -128,3 +128,44 @@ def test_forked_workers_with_threads_do_not_deadlock(small_slide):
             counts = pool.starmap_async(_batched_reads_in_child, [(str(path), s) for s in range(4)]).get(timeout=60)
         assert counts == [96] * 4
     assert cache.hit_count + cache.miss_count > 0
+
+
+def test_get_many_finds_each_key_once_and_counts(small_slide):
+    cache = CuImage.cache("shared_memory", memory_capacity=8)
+    tiles = {("k", i): np.full((1, 8, 8, 3), i, np.uint8) for i in range(5)}
+    cache.put_many(list(tiles.items()))
+    keys = [("k", 3), ("missing", 0), ("k", 0), ("k", 4), ("k", 9)]
+    got = cache.get_many(keys)
+    assert [None if g is None else int(g[0, 0, 0, 0]) for g in got] == [3, None, 0, 4, None]
+    assert got[0].shape == (1, 8, 8, 3) and not got[0].flags.writeable
+    assert (cache.hit_count, cache.miss_count) == (3, 2)
+    assert cache.get_many([]) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="needs posix_fallocate")
+def test_a_full_dev_shm_leaves_tiles_uncached_instead_of_crashing(small_slide, monkeypatch):
+    """tmpfs without room raises SIGBUS on a write to an unallocated page: the cache allocates each piece
+    first and, on ENOSPC, keeps nothing there (run in a child so a crash shows as a failure)."""
+    import errno
+
+    path, levels = small_slide
+    cache = CuImage.cache("shared_memory", memory_capacity=8)
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def child() -> None:
+        monkeypatch.setattr(os, "posix_fallocate", no_room)
+        out = CuImage(path).read_region((0, 0), (128, 128))
+        os._exit(0 if np.array_equal(out, levels[0][:128, :128]) and cache.size == 0 else 3)
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's exit code is the result
+        try:
+            child()
+        finally:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    CuImage(path).read_region((0, 0), (128, 128))  # the parent's pieces were never refused
+    assert cache.size == 4

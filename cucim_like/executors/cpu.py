@@ -245,11 +245,14 @@ class _Read:
         job_arr["places"] = place_arr.ctypes.data + job_arr["places"] * native.PLACE.itemsize
         self.pool.run(job_arr, workers)
         status = job_arr["status"].tolist()
+        kept = []
         for (item, whole), st in zip(taken, status, strict=True):
             if st != 0:
                 rest.append(item)
             elif whole is not None:
-                self.cache.put(self.cache_key(item[0]), whole)
+                kept.append((self.cache_key(item[0]), whole))
+        if kept:
+            self.cache.put_many(kept)
         return rest
 
     def read_range(self, rng: ByteRange) -> memoryview:
@@ -351,13 +354,14 @@ def execute(
         if state.lengths[tile] == 0:  # sparse file: missing tile
             for job in jobs_by_tile[tile]:
                 out[box_slices(job.dst)] = fill
-            continue
-        if cache is not None:
-            hit = cache.get(state.cache_key(tile))
+        else:
+            todo.append(tile)
+    if cache is not None and todo:
+        hits = cache.get_many([state.cache_key(tile) for tile in todo])
+        for tile, hit in zip(todo, hits, strict=True):
             if hit is not None:
                 state.place(hit, jobs_by_tile[tile], tile)
-                continue
-        todo.append(tile)
+        todo = [tile for tile, hit in zip(todo, hits, strict=True) if hit is None]
     if progress is not None and len(todo) < len(tiles):
         progress(len(tiles) - len(todo))
     if not todo:
@@ -430,13 +434,13 @@ def _execute_chunks(state: _Read, jobs_by_tile: dict[int, list[TileJob]], tiles:
     decodes and places it. A chunk the store does not have is ``fill`` (the store raises instead when the
     user asked for ``missing="raise"``)."""
     out, level = state.out, state.level
-    todo: list[int] = []
-    for tile in tiles:
-        hit = state.cache.get(state.cache_key(tile)) if state.cache is not None else None
-        if hit is not None:
-            state.place(hit, jobs_by_tile[tile], tile)
-        else:
-            todo.append(tile)
+    todo = tiles
+    if state.cache is not None:
+        hits = state.cache.get_many([state.cache_key(tile) for tile in tiles])
+        for tile, hit in zip(tiles, hits, strict=True):
+            if hit is not None:
+                state.place(hit, jobs_by_tile[tile], tile)
+        todo = [tile for tile, hit in zip(tiles, hits, strict=True) if hit is None]
     if progress is not None and len(todo) < len(tiles):
         progress(len(tiles) - len(todo))
 
