@@ -55,9 +55,11 @@ class BatchIterator:
         self._prefetch = 0 if buf is not None else prefetch_factor
         # ``workers`` decode threads in all: shared by the batches decoded at the same time (measured with
         # 2 workers, 2000 224² patches: one thread per batch on 2 producers 1.54 s, both threads on every
-        # batch 1.62 s, medians of 8; fewer threads, fewer hand-offs)
-        at_once = min(_PRODUCERS, self._prefetch) if self._prefetch > 0 else 1
+        # batch 1.62 s, medians of 8; fewer threads, fewer hand-offs). With one worker, one batch at a time:
+        # in a DataLoader's worker, the worker processes are the parallelism.
+        at_once = max(1, min(_PRODUCERS, self._prefetch, workers))
         self._batch_workers = max(1, workers // at_once)
+        self._producers = at_once
         self._next = 0
         self._submitted = 0
         self._queue: deque[Future] = deque()
@@ -88,7 +90,7 @@ class BatchIterator:
         return task
 
     def _fill_queue(self) -> None:
-        pool = thread_pool(_PRODUCERS, "batch")
+        pool = thread_pool(self._producers, "batch")
         while self._submitted < len(self._batches) and len(self._queue) < self._prefetch:
             self._queue.append(pool.submit(self._task(self._submitted)))
             self._submitted += 1
@@ -98,13 +100,13 @@ class BatchIterator:
             self.close()
             raise StopIteration
         try:
+            if not self._queue:
+                self._fill_queue()  # the first call: this batch and the next ones go to the producers
             if self._queue:
                 fut = self._queue.popleft()
                 self._fill_queue()
                 result = fut.result()
-            else:
-                self._submitted = max(self._submitted, self._next + 1)
-                self._fill_queue()  # start the batches after this one before decoding this one here
+            else:  # nothing decoded ahead: this batch is read here
                 result = self._task(self._next)()
         except BaseException:
             self.close()

@@ -39,9 +39,11 @@ class SlidePatches(IterableDataset):
             return
         mine = np.concatenate(batches)
         img = CuImage(self.path)  # opened in the worker: file handles and threads are the worker's own
-        # one decode thread per worker process: the processes are the parallelism
+        # two decode threads per worker process, one batch each: while a worker hands a batch over, its other
+        # batch keeps a core busy (2 processes on 2 cores, 2000 224² patches, no cache: 2,700-2,780 patches/s
+        # against 2,200-2,450 with one thread each)
         for patches in img.read_region(self.locations[mine], (self.size, self.size), batch_size=self.batch,
-                                       num_workers=1, prefetch_factor=2):
+                                       num_workers=2, prefetch_factor=2):
             tensor = torch.from_numpy(patches)
             yield tensor.permute(0, 3, 1, 2).float().div_(255) if self.as_float else tensor
 

@@ -154,6 +154,13 @@ def test_batches_share_the_workers_between_the_batches_decoded_at_once(small_sli
     assert not any(name.startswith("cucim_like-batch-") for name in inline)
 
 
+def test_one_worker_decodes_one_batch_at_a_time(small_slide):
+    """num_workers=1 means one decoding thread, also while batches are decoded ahead (in a DataLoader's worker
+    processes, a second thread each would oversubscribe the cores)."""
+    names = _decoding_threads(small_slide[0], num_workers=1, prefetch_factor=2)
+    assert len(names) == 1 and next(iter(names)).startswith("cucim_like-batch-1"), names
+
+
 class _TileLog:
     """A progress callback that records the tiles finished, from any thread; ``delay`` seconds a tile."""
 
