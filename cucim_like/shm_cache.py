@@ -134,7 +134,7 @@ class SharedMemoryCache(TileCache):
             cache._tlock.acquire()
             try:
                 if cache._fd < 0:
-                    cache._fd = os.open(f"/dev/shm/{cache._shm.name.lstrip('/')}", os.O_RDWR)
+                    cache._fd = os.open(_segment_path(cache._shm), os.O_RDWR)
                 self.fd = cache._fd
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
             except BaseException:
@@ -360,10 +360,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def _segment_path(shm: shared_memory.SharedMemory) -> str:
+    """The segment's file in Linux's tmpfs."""
+    return f"/dev/shm/{shm.name.lstrip('/')}"
+
+
 def _allocate_index(shm: shared_memory.SharedMemory, nbytes: int, ring: int) -> None:
     """Allocate the header and index of a new segment in /dev/shm (an error when there is no room, rather
     than SIGBUS on writing them); warn when the ring will not fit either."""
-    path = f"/dev/shm/{shm.name.lstrip('/')}"
+    path = _segment_path(shm)
     if not os.path.exists(path):
         return  # not Linux's tmpfs: nothing to allocate ahead
     fd = os.open(path, os.O_RDWR)

@@ -113,6 +113,16 @@ class _Read:
                 )
             out[dz0:dz1, dy0:dy1, dx0:dx1, dc0:dc1] = tile_arr[sz0:sz1, sy0:sy1, sx0:sx1, sc0:sc1]
 
+    def place_cached(self, tiles: list[int], jobs_by_tile: dict[int, list[TileJob]]) -> list[int]:
+        """Place the tiles the cache holds (one look-up for all); returns the others, in order."""
+        missed = []
+        for tile, hit in zip(tiles, self.cache.get_many([self.cache_key(t) for t in tiles]), strict=True):
+            if hit is None:
+                missed.append(tile)
+            else:
+                self.place(hit, jobs_by_tile[tile], tile)
+        return missed
+
     def direct_target(self, jobs: list[TileJob], shape: tuple[int, ...]) -> np.ndarray | None:
         """The output view a tile of decoded ``shape`` can be decoded straight into: when its one job copies
         the whole tile to a C-contiguous part of the output (a frame of a volume, full-width strips, a whole
@@ -357,11 +367,7 @@ def execute(
         else:
             todo.append(tile)
     if cache is not None and todo:
-        hits = cache.get_many([state.cache_key(tile) for tile in todo])
-        for tile, hit in zip(todo, hits, strict=True):
-            if hit is not None:
-                state.place(hit, jobs_by_tile[tile], tile)
-        todo = [tile for tile, hit in zip(todo, hits, strict=True) if hit is None]
+        todo = state.place_cached(todo, jobs_by_tile)
     if progress is not None and len(todo) < len(tiles):
         progress(len(tiles) - len(todo))
     if not todo:
@@ -434,13 +440,7 @@ def _execute_chunks(state: _Read, jobs_by_tile: dict[int, list[TileJob]], tiles:
     decodes and places it. A chunk the store does not have is ``fill`` (the store raises instead when the
     user asked for ``missing="raise"``)."""
     out, level = state.out, state.level
-    todo = tiles
-    if state.cache is not None:
-        hits = state.cache.get_many([state.cache_key(tile) for tile in tiles])
-        for tile, hit in zip(tiles, hits, strict=True):
-            if hit is not None:
-                state.place(hit, jobs_by_tile[tile], tile)
-        todo = [tile for tile, hit in zip(tiles, hits, strict=True) if hit is None]
+    todo = state.place_cached(tiles, jobs_by_tile) if state.cache is not None else tiles
     if progress is not None and len(todo) < len(tiles):
         progress(len(tiles) - len(todo))
 
