@@ -32,6 +32,28 @@ def test_large_outputs_have_their_own_map_small_ones_do_not():
     assert memory.empty((0, 5), np.uint16, memory.BATCH_MMAP_THRESHOLD).shape == (0, 5)
 
 
+def _vm_flags(arr: np.ndarray) -> set[str]:
+    """The kernel's VmFlags of the mapping that holds ``arr``'s first byte (Linux only)."""
+    address, found = arr.ctypes.data, None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(part, 16) for part in head.split("-"))
+                found = start <= address < end
+            elif found and head == "VmFlags:":
+                return set(line.split()[1:])
+    raise AssertionError("no mapping holds the array")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps") or not hasattr(mmap, "MADV_HUGEPAGE"),
+                    reason="needs Linux's smaps and MADV_HUGEPAGE")
+def test_large_outputs_ask_for_huge_pages_batches_do_not(pool):
+    """Huge pages spare a whole-level read the TLB misses of placing tile rows that lie pages apart."""
+    assert "hg" in _vm_flags(memory.empty((33, 1024, 1024), np.uint8))
+    assert "hg" not in _vm_flags(memory.empty((2, 1024, 1024), np.uint8, memory.BATCH_MMAP_THRESHOLD))
+
+
 def test_mapped_outputs_are_private_to_the_process():
     """A forked child's writes stay in the child (a shared mapping would pass them to the parent, and its
     pages fault in slower)."""
