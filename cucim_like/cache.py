@@ -53,7 +53,8 @@ class TileCache:
         self._item_limit = int(capacity) if capacity is not None else None
         self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._bytes = 0
-        self._seen_whole: OrderedDict[Hashable, None] = OrderedDict()
+        self._seen_whole: OrderedDict[Hashable, None] = OrderedDict()  # see admit_whole
+        self._seen_part: OrderedDict[Hashable, None] = OrderedDict()  # see admit_part
         self._spares: list[np.ndarray] = []
         self._lock = threading.Lock()
         self._record = bool(record_stat)
@@ -99,6 +100,7 @@ class TileCache:
         with self._lock:
             self._items.clear()
             self._seen_whole.clear()
+            self._seen_part.clear()
             self._spares.clear()
             self._bytes = 0
             self.hit_count = self.miss_count = 0
@@ -178,8 +180,16 @@ class TileCache:
 
     def admit_part(self, key: Hashable) -> bool:
         """Whether a tile a read needs only part of, arriving while the cache is full, is decoded whole and
-        kept: on its second request while its key is still remembered (the first is decoded cropped)."""
-        return self._second_request(key)
+        kept: on its second request while its key is among the last ``capacity // 2`` (at least 256) such
+        tiles declined (the first request is decoded cropped).
+
+        Two requests farther apart than that say the tile would be overwritten before a third: admitting it
+        would evict a tile about to be read again, and cost a whole decode instead of a cropped one. Measured
+        on the benchmark slide, 2000 random 224² patches touching 4669 tiles, a 256 MiB cache (1365 tiles),
+        passes 2-4: 0.51-0.57 s against 0.76-0.87 s with a window of ``4 * capacity``, 0.69-0.72 s with no
+        cache.
+        """
+        return self._second_request(key, self._seen_part, max(256, self.capacity // 2))
 
     def admit_whole(self, key: Hashable) -> bool:
         """Whether a tile decoded straight into a caller's output (a frame, a chunk, a tile read whole) earns a
@@ -187,22 +197,22 @@ class TileCache:
 
         A tile read whole was handed over complete, so only a repeated read of it gains from a copy, and the copy
         (fresh memory) costs more than the rest of a frame read's overhead. The keys of the last
-        ``4 * capacity`` such tiles are remembered.
+        ``4 * capacity`` (at least 256) such tiles are remembered.
         """
-        return self._second_request(key)
+        return self._second_request(key, self._seen_whole, max(256, 4 * self.capacity))
 
-    def _second_request(self, key: Hashable) -> bool:
-        """True when ``key`` was remembered (and forgets it), else remembers it: the last ``4 * capacity``
-        keys (at least 256) are kept."""
+    def _second_request(self, key: Hashable, seen: OrderedDict[Hashable, None], window: int) -> bool:
+        """True when ``key`` is in ``seen`` (and forgets it), else remembers it there, keeping the last
+        ``window`` keys."""
         if self.memory_capacity == 0 or self._item_limit == 0:
             return False
         with self._lock:
-            if key in self._seen_whole:
-                del self._seen_whole[key]
+            if key in seen:
+                del seen[key]
                 return True
-            self._seen_whole[key] = None
-            while len(self._seen_whole) > max(256, 4 * self.capacity):
-                self._seen_whole.popitem(last=False)
+            seen[key] = None
+            while len(seen) > window:
+                seen.popitem(last=False)
             return False
 
     @staticmethod

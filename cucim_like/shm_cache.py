@@ -101,7 +101,7 @@ class SharedMemoryCache(TileCache):
         self._tlock = threading.Lock()
         # keys of partial tiles this process decoded cropped (TileCache.admit_part): a second request keeps one
         self._lock = threading.Lock()
-        self._seen_whole: OrderedDict[Hashable, None] = OrderedDict()
+        self._seen_part: OrderedDict[Hashable, None] = OrderedDict()
         _LIVE.add(self)
 
     # -- process-wide attachment ---------------------------------------------------------------------------

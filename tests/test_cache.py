@@ -112,6 +112,24 @@ def test_whole_tile_reads_are_remembered_for_a_bounded_number_of_tiles(small_sli
     assert len(cache._seen_whole) <= max(256, 4 * cache.capacity)
 
 
+def test_partial_tiles_are_kept_only_when_asked_again_within_half_the_capacity():
+    """A partial tile's second request keeps it only when fewer than ``capacity // 2`` other partial tiles
+    were declined in between: farther apart, it would be overwritten before being read again."""
+    cache = cucim_like.cache.TileCache(memory_capacity=64, capacity=1000)  # window: 500 keys
+    assert not cache.admit_part("near")
+    for i in range(499):
+        cache.admit_part(("other", i))
+    assert cache.admit_part("near")
+    assert not cache.admit_part("far")
+    for i in range(500):
+        cache.admit_part(("more", i))
+    assert not cache.admit_part("far")  # forgotten: remembered again, kept on a next, nearer request
+    assert cache.admit_part("far")
+    assert not cache.admit_whole("near") and cache.admit_whole("near")  # whole tiles keep their own window
+    off = cucim_like.cache.TileCache(memory_capacity=0)
+    assert not off.admit_part("x") and not off.admit_part("x")
+
+
 def test_unknown_cache_type():
     with pytest.raises(cucim_like.InvalidArgumentError):
         CuImage.cache("bogus")
