@@ -11,7 +11,8 @@ In one process, alternating contenders, medians over repeats:
       per-process, both warmed by a first pass);
   (3) peak RSS of the batched run (fresh subprocess) against baseline + (prefetch_factor + 2) x batch;
   (4) a PyTorch DataLoader with 2 worker processes and the shared-memory cache against the in-process
-      iterator (when torch is installed).
+      iterator (when torch is installed); for context, a DataLoader handing over as many batches with nothing
+      decoded, and later passes (2 and 3) with warm caches and persistent workers.
 Writes benchmarks/data/batches.json and prints a markdown section for RESULTS.md.
 """
 
@@ -36,6 +37,27 @@ from harness import DATA, median, proc_status  # noqa: E402  (a sibling module; 
 
 SLIDE = DATA / "large.svs"
 SIZE, BATCH, WORKERS = 224, 64, 2
+
+
+def filled_batches_class():
+    """An IterableDataset of ``n`` uint8 batches of ``shape``, each freshly allocated and filled: what a
+    DataLoader costs to hand over the batches, without any decoding (defined lazily: torch is optional)."""
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+
+    class FilledBatches(IterableDataset):
+        def __init__(self, n: int, shape: tuple[int, ...]) -> None:
+            self.n, self.shape = n, shape
+
+        def __iter__(self):
+            info = get_worker_info()
+            worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+            for i in range(worker, self.n, workers):
+                batch = np.empty(self.shape, np.uint8)
+                batch.fill(i % 251)
+                yield torch.from_numpy(batch)
+
+    return FilledBatches
 
 
 def timed(fn) -> tuple[float, float]:
@@ -182,11 +204,14 @@ def main() -> None:
 
     # (4) DataLoader with 2 worker processes and the shared-memory cache vs the in-process iterator
     loader = None
+    later: dict[str, list[float]] = {}
     try:
         sys.path.insert(0, str(HERE.parent / "examples"))
         import torch  # noqa: F401
         from torch.utils.data import DataLoader
         from train_patches import SlidePatches
+
+        FilledBatches = filled_batches_class()
 
         def in_process() -> None:
             CuImage.cache("no_cache")
@@ -209,17 +234,60 @@ def main() -> None:
             steady.append(n_after / (time.perf_counter() - first))
             CuImage.cache("no_cache")
 
-        loader = {"in-process iterator": [], "DataLoader, 2 workers, shared-memory cache": []}
+        def transport() -> None:
+            # the same number of batches of the same size, made and handed over by 2 workers, nothing decoded
+            n_batches = -(-ns.patches // BATCH)
+            for _ in DataLoader(FilledBatches(n_batches, (BATCH, SIZE, SIZE, 3)), batch_size=None, num_workers=2,
+                                persistent_workers=False):
+                pass
+
+        loader = {"in-process iterator": [], "DataLoader, 2 workers, shared-memory cache": [],
+                  "DataLoader moving as many filled batches, nothing decoded": []}
         for _ in range(ns.repeats):
             loader["in-process iterator"].append(timed(in_process))
             loader["DataLoader, 2 workers, shared-memory cache"].append(timed(data_loader))
+            loader["DataLoader moving as many filled batches, nothing decoded"].append(timed(transport))
+
+        # Later epochs: the caches configured once and warmed by a first pass, the DataLoader's workers kept
+        # (persistent_workers), as a training run goes on; passes 2 and 3 timed.
+        def passes_in_process(kind: str | None) -> list[float]:
+            CuImage.cache(kind or "no_cache", **({"memory_capacity": 256} if kind else {}))
+            out = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for _ in img.read_region(locs, (SIZE, SIZE), batch_size=BATCH, num_workers=WORKERS):
+                    pass
+                out.append(time.perf_counter() - t0)
+            CuImage.cache("no_cache")
+            return out[1:]
+
+        def passes_data_loader() -> list[float]:
+            CuImage.cache("shared_memory", memory_capacity=256)
+            dl = DataLoader(SlidePatches(str(ns.slide), locs, SIZE, BATCH, as_float=False), batch_size=None,
+                            num_workers=2, persistent_workers=True)
+            out = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for _ in dl:
+                    pass
+                out.append(time.perf_counter() - t0)
+            del dl
+            CuImage.cache("no_cache")
+            return out[1:]
+
+        later = {"in-process iterator, no cache": [], "in-process iterator, 256 MiB per-process cache": [],
+                 "DataLoader, persistent workers, 256 MiB shared-memory cache": []}
+        for _ in range(max(1, ns.repeats // 2)):
+            later["in-process iterator, no cache"] += passes_in_process(None)
+            later["in-process iterator, 256 MiB per-process cache"] += passes_in_process("per_process")
+            later["DataLoader, persistent workers, 256 MiB shared-memory cache"] += passes_data_loader()
     except ImportError as exc:
         print(f"DataLoader comparison skipped: {exc}")
 
     med = {k: median([w for w, _ in v]) for k, v in {**results, **epoch, **(loader or {})}.items()}
     out = {"medians_s": med, "raw": {k: v for k, v in {**results, **epoch, **(loader or {})}.items()},
-           "rss": rss, "rss_limit": rss_limit, "patches": ns.patches, "unique_tiles": len(unique),
-           "per_batch_tiles": len(per_batch), "load": os.getloadavg()}
+           "later_passes_s": later, "rss": rss, "rss_limit": rss_limit, "patches": ns.patches,
+           "unique_tiles": len(unique), "per_batch_tiles": len(per_batch), "load": os.getloadavg()}
     DATA.mkdir(exist_ok=True)
     (DATA / "batches.json").write_text(json.dumps(out, indent=2))
     ours_t = med["cucim_like batched"]
@@ -241,6 +309,13 @@ def main() -> None:
         print(f"\nDataLoader: in-process {a:.3f} s, DataLoader {b:.3f} s including worker start-up -> "
               f"{a / b * 100:.0f} % of the in-process throughput; steady state after the first batch "
               f"{median(steady):.0f} patches/s = {median(steady) / (ns.patches / a) * 100:.0f} %")
+        c = med["DataLoader moving as many filled batches, nothing decoded"]
+        print(f"Handing the batches over alone (a DataLoader whose 2 workers only allocate and fill as many "
+              f"batches): {c:.3f} s = {c / a * 100:.0f} % of the in-process iterator's time")
+    if later:
+        print("\n| later passes (2 and 3 of 3, caches warmed by pass 1) | median | patches/s |\n|---|---:|---:|")
+        for k, v in later.items():
+            print(f"| {k} | {median(v):.3f} s | {ns.patches / median(v):.0f} |")
     print("\nTargets:")
     print(f"- within 1.15 x of the floor (touched tiles once): {ours_t / med['floor: touched tiles once']:.2f}")
     print(f"- vs the per-batch floor: {ours_t / med['floor: distinct tiles per batch']:.2f}")
