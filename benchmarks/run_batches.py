@@ -39,25 +39,42 @@ SLIDE = DATA / "large.svs"
 SIZE, BATCH, WORKERS = 224, 64, 2
 
 
-def filled_batches_class():
-    """An IterableDataset of ``n`` uint8 batches of ``shape``, each freshly allocated and filled: what a
-    DataLoader costs to hand over the batches, without any decoding (defined lazily: torch is optional)."""
+def dataset_classes():
+    """Two IterableDatasets for context (defined lazily: torch is optional): ``FilledBatches(n, shape)``, ``n``
+    uint8 batches freshly allocated and filled (what handing batches over costs, nothing decoded), and
+    ``OrdinaryPatchBatches``, PatchBatches' reading with the batches handed over the ordinary way."""
     import torch
     from torch.utils.data import IterableDataset, get_worker_info
+
+    from cucim_like import CuImage
+    from cucim_like.torch_data import PatchBatches
+
+    def share() -> tuple[int, int]:
+        info = get_worker_info()
+        return (info.id, info.num_workers) if info is not None else (0, 1)
 
     class FilledBatches(IterableDataset):
         def __init__(self, n: int, shape: tuple[int, ...]) -> None:
             self.n, self.shape = n, shape
 
         def __iter__(self):
-            info = get_worker_info()
-            worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+            worker, workers = share()
             for i in range(worker, self.n, workers):
                 batch = np.empty(self.shape, np.uint8)
                 batch.fill(i % 251)
                 yield torch.from_numpy(batch)
 
-    return FilledBatches
+    class OrdinaryPatchBatches(PatchBatches):
+        def __iter__(self):
+            worker, workers = share()
+            mine = self._batches()[worker::workers]
+            img = CuImage(self.path)
+            for batch in img.read_region(self.locations[np.concatenate(mine)], self.size, self.level,
+                                         batch_size=self.batch_size, num_workers=self.num_threads,
+                                         prefetch_factor=self.prefetch_factor):
+                yield torch.from_numpy(batch)
+
+    return FilledBatches, OrdinaryPatchBatches
 
 
 def timed(fn) -> tuple[float, float]:
@@ -206,12 +223,12 @@ def main() -> None:
     loader = None
     later: dict[str, list[float]] = {}
     try:
-        sys.path.insert(0, str(HERE.parent / "examples"))
         import torch  # noqa: F401
         from torch.utils.data import DataLoader
-        from train_patches import SlidePatches
 
-        FilledBatches = filled_batches_class()
+        from cucim_like.torch_data import PatchBatches
+
+        FilledBatches, OrdinaryPatchBatches = dataset_classes()
 
         def in_process() -> None:
             CuImage.cache("no_cache")
@@ -220,10 +237,10 @@ def main() -> None:
 
         steady: list[float] = []
 
-        def data_loader() -> None:
+        def data_loader(dataset=PatchBatches) -> None:
             # uint8 batches, as the in-process iterator yields (conversion belongs to the training step)
             CuImage.cache("shared_memory", memory_capacity=256)
-            dl = DataLoader(SlidePatches(str(ns.slide), locs, SIZE, BATCH, as_float=False), batch_size=None,
+            dl = DataLoader(dataset(str(ns.slide), locs, (SIZE, SIZE), batch_size=BATCH), batch_size=None,
                             num_workers=2)
             first, n_after = None, 0
             for batch in dl:
@@ -242,11 +259,16 @@ def main() -> None:
                 pass
 
         loader = {"in-process iterator": [], "DataLoader, 2 workers, shared-memory cache": [],
-                  "DataLoader moving as many filled batches, nothing decoded": []}
+                  "DataLoader moving as many filled batches, nothing decoded": [],
+                  "DataLoader as above, batches handed over the ordinary way (no slots)": []}
         for _ in range(ns.repeats):
             loader["in-process iterator"].append(timed(in_process))
             loader["DataLoader, 2 workers, shared-memory cache"].append(timed(data_loader))
             loader["DataLoader moving as many filled batches, nothing decoded"].append(timed(transport))
+            n = len(steady)
+            loader["DataLoader as above, batches handed over the ordinary way (no slots)"].append(
+                timed(lambda: data_loader(OrdinaryPatchBatches)))
+            del steady[n:]  # the steady-state figure is PatchBatches' own
 
         # Later epochs: the caches configured once and warmed by a first pass, the DataLoader's workers kept
         # (persistent_workers), as a training run goes on; passes 2 and 3 timed.
@@ -263,7 +285,7 @@ def main() -> None:
 
         def passes_data_loader() -> list[float]:
             CuImage.cache("shared_memory", memory_capacity=256)
-            dl = DataLoader(SlidePatches(str(ns.slide), locs, SIZE, BATCH, as_float=False), batch_size=None,
+            dl = DataLoader(PatchBatches(str(ns.slide), locs, (SIZE, SIZE), batch_size=BATCH), batch_size=None,
                             num_workers=2, persistent_workers=True)
             out = []
             for _ in range(3):
@@ -312,6 +334,9 @@ def main() -> None:
         c = med["DataLoader moving as many filled batches, nothing decoded"]
         print(f"Handing the batches over alone (a DataLoader whose 2 workers only allocate and fill as many "
               f"batches): {c:.3f} s = {c / a * 100:.0f} % of the in-process iterator's time")
+        d = med["DataLoader as above, batches handed over the ordinary way (no slots)"]
+        print(f"The same DataLoader with its batches handed over the ordinary way (a fresh shared-memory segment "
+              f"each): {d:.3f} s -> {a / d * 100:.0f} % of the in-process throughput")
     if later:
         print("\n| later passes (2 and 3 of 3, caches warmed by pass 1) | median | patches/s |\n|---|---:|---:|")
         for k, v in later.items():

@@ -1,0 +1,258 @@
+"""Patch batches for a PyTorch ``DataLoader``, handed from its worker processes to the main process through
+shared-memory slots that are used again and again.
+
+A DataLoader worker normally hands each batch over by copying it into a fresh shared-memory segment that the
+main process then maps: for 224² RGB batches of 64 (9.6 MB) that costs more than the batch's decode on a small
+machine (32 batches, 2 workers, nothing decoded: 0.13-0.16 s with persistent workers, against 0.07 s through
+slots, start-up included). Here each worker process owns one segment of a few batch-sized slots; a batch is
+copied into a free slot and only its slot number crosses the process boundary. In the main process it arrives
+as a ``torch.Tensor`` over the slot, and the slot is free again once that tensor (and every view of it) is
+gone. When every slot is still held (the consumer keeps batches), a batch goes the ordinary way.
+
+Needs torch (``pip install torch``); Linux's ``/dev/shm`` for the slots (elsewhere batches go the ordinary way).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import secrets
+import weakref
+from collections.abc import Iterator
+from multiprocessing import util as mp_util
+from pathlib import Path
+
+import numpy as np
+
+from .arguments import parse_locations
+from .cuimage import CuImage
+from .errors import InvalidArgumentError, OptionalDependencyError
+
+try:
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise OptionalDependencyError("cucim_like.torch_data needs PyTorch: pip install torch") from exc
+
+__all__ = ["PatchBatches"]
+
+_SHM_DIR = "/dev/shm"
+_PAGE = 4096
+_PREFIX = "cucim_like_batches_"
+# main process: segments attached, by name; counts of batches received through slots (for tests and stats)
+_attached: dict[str, _Attached] = {}
+stats = {"slot_batches": 0}
+
+
+class PatchBatches(IterableDataset):
+    """Batches of patches of one image for ``DataLoader(PatchBatches(...), batch_size=None, num_workers=N)``.
+
+    Each item is a ``torch.Tensor`` (B, H, W, C) of the image's dtype on the CPU (uint8 for RGB slides), the
+    last one shorter unless ``drop_last``. ``locations`` are level-0 (x, y) pixel coordinates (any integer
+    sequence or array, N x 2); ``size`` is (w, h). The batches are split between the DataLoader's workers
+    (worker ``i`` of ``n`` reads batches ``i, i + n, ...``); each worker opens the image itself and decodes its
+    batches with ``num_threads`` threads, ``prefetch_factor`` batches ahead. ``shuffle`` orders the patches by
+    ``seed``: set ``dataset.seed`` before an epoch for a new order (workers that persist keep theirs).
+    ``slots`` is the number of batch-sized shared-memory slots per worker process (memory: ``slots`` x one
+    batch per worker, for the worker's life).
+
+    Arguments are checked here, in the calling process, before any worker starts.
+    """
+
+    def __init__(self, path: str | os.PathLike, locations: object, size: tuple[int, int], level: int = 0,
+                 batch_size: int = 64, *, drop_last: bool = False, shuffle: bool = False, seed: int = 0,
+                 num_threads: int = 2, prefetch_factor: int = 2, slots: int = 4) -> None:
+        super().__init__()
+        if not isinstance(slots, (int, np.integer)) or isinstance(slots, bool) or slots < 1:
+            raise InvalidArgumentError(f"slots must be an integer of at least 1, got {slots!r}")
+        self.path = str(Path(path))
+        self.locations = parse_locations(locations, 2)[0]
+        _remove_stale_segments()
+        # The batch iterator checks every argument and decodes nothing until iterated (one location in batches
+        # of one would be read at once: checked as a batch of two).
+        with CuImage(self.path) as img:
+            img.read_region(self.locations, size, level, num_workers=num_threads, prefetch_factor=prefetch_factor,
+                            batch_size=2 if len(self.locations) == 1 and batch_size == 1 else batch_size,
+                            drop_last=drop_last)
+        self.size = (int(size[0]), int(size[1]))
+        self.level, self.batch_size, self.drop_last = int(level), int(batch_size), bool(drop_last)
+        self.shuffle, self.seed = bool(shuffle), int(seed)
+        self.num_threads, self.prefetch_factor, self.slots = int(num_threads), int(prefetch_factor), int(slots)
+
+    def __len__(self) -> int:
+        n = len(self.locations)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self) -> list[np.ndarray]:
+        """Indices into ``locations`` of every batch, in order."""
+        n = len(self.locations)
+        order = np.random.default_rng(self.seed).permutation(n) if self.shuffle else np.arange(n)
+        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = self._batches()[worker::workers]
+        if not mine:
+            return
+        img = CuImage(self.path)  # opened in the worker: its file handles and threads are its own
+        slots: _Slots | None = None
+        try:
+            for batch in img.read_region(self.locations[np.concatenate(mine)], self.size, self.level,
+                                         batch_size=self.batch_size, num_workers=self.num_threads,
+                                         prefetch_factor=self.prefetch_factor):
+                if info is not None and slots is None:  # sized for a whole batch (the first may be the last)
+                    slots = _worker_slots(self.slots, batch[0].nbytes * self.batch_size)
+                handed = slots.hand_over(batch) if slots else None
+                yield handed if handed is not None else torch.from_numpy(batch)
+        finally:
+            img.close()
+
+
+# -- worker side ------------------------------------------------------------------------------------------------
+class _Slots:
+    """A worker process's segment: a page of slot states (0 free, 1 held by the main process), then the slots.
+
+    Only this process marks a slot held, and only the main process frees it (when its tensor is gone), so no
+    lock is needed. The segment's file is removed by the main process when it first maps it, or by this process
+    when it exits (or, after a kill, the next PatchBatches made in any process).
+    """
+
+    def __init__(self, count: int, slot_nbytes: int) -> None:
+        self.count, self.stride = count, -(-slot_nbytes // _PAGE) * _PAGE
+        self.nbytes = _PAGE + count * self.stride
+        self.name = f"{_PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
+        path = os.path.join(_SHM_DIR, self.name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, self.nbytes)  # no room: an error now rather than SIGBUS on a write
+            self.mm = mmap.mmap(fd, self.nbytes)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        self.states = np.ndarray((count,), np.uint8, self.mm, 0)
+        mp_util.Finalize(self, _remove, args=(path,), exitpriority=0)  # at the worker's exit
+
+    def hand_over(self, batch: np.ndarray) -> _SlotBatch | None:
+        """Copy ``batch`` into a free slot and return what to send for it; None when every slot is held."""
+        free = np.flatnonzero(self.states == 0)
+        if len(free) == 0 or batch.nbytes > self.stride:
+            return None
+        slot = int(free[0])
+        offset = _PAGE + slot * self.stride
+        np.copyto(np.ndarray(batch.shape, batch.dtype, self.mm, offset), batch)
+        self.states[slot] = 1
+        return _SlotBatch(self.name, self.nbytes, self.count, slot, offset, batch.shape, batch.dtype.str)
+
+
+_worker_segments: dict[tuple[int, int], _Slots | None] = {}
+
+
+def _worker_slots(count: int, slot_nbytes: int) -> _Slots | None:
+    """This process's segment for batches of ``slot_nbytes`` (made on first use), or None when there is none
+    to be had (no /dev/shm, no room): batches then go the ordinary way."""
+    key = (count, slot_nbytes)
+    if key not in _worker_segments:
+        try:
+            _worker_segments[key] = _Slots(count, slot_nbytes) if os.path.isdir(_SHM_DIR) else None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM, errno.EACCES, errno.EPERM,
+                                 errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            _worker_segments[key] = None
+    return _worker_segments[key]
+
+
+def _after_fork_in_child() -> None:
+    _worker_segments.clear()  # the parent's segments: its own, not this process's
+    _attached.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class _SlotBatch:
+    """What crosses the process boundary for a batch in a slot: unpickled, it is the tensor over the slot."""
+
+    def __init__(self, *args: object) -> None:
+        self.args = args
+
+    def __reduce__(self) -> tuple:
+        return _receive, self.args
+
+
+# -- main process side ----------------------------------------------------------------------------------------
+class _Attached:
+    """A worker's segment as mapped in this process."""
+
+    def __init__(self, name: str, nbytes: int, count: int) -> None:
+        path = os.path.join(_SHM_DIR, name)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            if os.fstat(fd).st_size < nbytes:
+                raise InvalidArgumentError(f"{path} is smaller than the batch slots it should hold")
+            self.mm = mmap.mmap(fd, nbytes)
+        finally:
+            os.close(fd)
+        _remove(path)  # both processes have it mapped: nothing needs its name any more
+        self.states = np.ndarray((count,), np.uint8, self.mm, 0)
+        self.pid = int(name[len(_PREFIX) :].split("_")[0])
+
+
+def _receive(name: str, nbytes: int, count: int, slot: int, offset: int, shape: tuple[int, ...],
+             dtype: str) -> torch.Tensor:
+    """The tensor over ``slot`` of worker segment ``name``; the slot is freed when the tensor is gone."""
+    seg = _attached.get(name)
+    if seg is None:
+        _forget_exited_workers()
+        seg = _attached[name] = _Attached(name, nbytes, count)
+    arr = np.ndarray(shape, np.dtype(dtype), seg.mm, offset)
+    weakref.finalize(arr, seg.states.__setitem__, slot, 0)  # torch keeps ``arr`` as long as the tensor's storage
+    stats["slot_batches"] += 1
+    return torch.from_numpy(arr)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_segments() -> None:
+    """Remove the segments of worker processes that are gone without removing theirs (killed)."""
+    try:
+        names = [n for n in os.listdir(_SHM_DIR) if n.startswith(_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            pid = int(name[len(_PREFIX) :].split("_")[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            try:
+                os.unlink(os.path.join(_SHM_DIR, name))
+            except OSError:
+                pass
+
+
+def _forget_exited_workers() -> None:
+    """Drop the segments of worker processes that have exited (tensors still over them keep their pages)."""
+    for name, seg in list(_attached.items()):
+        if not _pid_alive(seg.pid):
+            del _attached[name]

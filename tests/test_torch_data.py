@@ -1,0 +1,158 @@
+"""PatchBatches: batches through a DataLoader's worker processes and reused shared-memory slots, checked against
+tifffile's decode of the same level."""
+
+from __future__ import annotations
+
+import gc
+import glob
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+torch = pytest.importorskip("torch")
+from torch.utils.data import DataLoader  # noqa: E402
+
+import cucim_like  # noqa: E402
+from cucim_like import torch_data  # noqa: E402
+from cucim_like.torch_data import PatchBatches  # noqa: E402
+
+SIZE = (48, 40)  # (w, h)
+needs_dev_shm = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="slots live in /dev/shm")
+
+
+def _locations(n: int, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, 700 - SIZE[0], n), rng.integers(0, 500 - SIZE[1], n)], axis=1)
+
+
+def _expected(level0: np.ndarray, locs: np.ndarray) -> np.ndarray:
+    w, h = SIZE
+    return np.stack([level0[y : y + h, x : x + w] for x, y in locs.tolist()])
+
+
+def _segments() -> set[str]:
+    return set(glob.glob("/dev/shm/cucim_like_batches_*"))
+
+
+@needs_dev_shm
+def test_batches_from_two_workers_equal_tifffile_and_all_come_through_slots(small_slide):
+    path, _ = small_slide
+    level0 = tifffile.imread(path, key=0)
+    locs = _locations(45)
+    before, segments = torch_data.stats["slot_batches"], _segments()
+    ds = PatchBatches(path, locs, SIZE, batch_size=8, slots=8)  # enough slots for every batch a worker makes
+    held = list(DataLoader(ds, batch_size=None, num_workers=2))  # all held at once: no slot may be reused
+    assert len(held) == len(ds) == 6 and [len(b) for b in held] == [8] * 5 + [5]
+    np.testing.assert_array_equal(torch.cat(held).numpy(), _expected(level0, locs))
+    assert torch_data.stats["slot_batches"] - before == 6
+    assert all(b.dtype == torch.uint8 and b.shape[1:] == (SIZE[1], SIZE[0], 3) for b in held)
+    assert _segments() <= segments  # each segment's name is removed once the main process has mapped it
+
+
+@needs_dev_shm
+def test_a_consumer_holding_more_batches_than_slots_gets_the_rest_the_ordinary_way(small_slide):
+    path, _ = small_slide
+    level0 = tifffile.imread(path, key=0)
+    locs = _locations(64, seed=4)
+    before = torch_data.stats["slot_batches"]
+    held = list(DataLoader(PatchBatches(path, locs, SIZE, batch_size=4, slots=1), batch_size=None,
+                           num_workers=2))
+    np.testing.assert_array_equal(torch.cat(held).numpy(), _expected(level0, locs))
+    assert torch_data.stats["slot_batches"] - before == 2  # one slot per worker, never freed while held
+
+
+@needs_dev_shm
+def test_a_slot_is_free_again_once_its_tensor_and_views_are_gone(small_slide):
+    """The hand-over, in one process: a batch pickled as its slot comes back as a tensor over the slot."""
+    slots = torch_data._Slots(2, 4 * 10 * 10 * 3)
+    batches = [np.full((4, 10, 10, 3), i, np.uint8) for i in range(3)]
+    sent = [slots.hand_over(b) for b in batches[:2]]
+    assert slots.hand_over(batches[2]) is None  # both slots held
+    received = [pickle.loads(pickle.dumps(s)) for s in sent]
+    assert not os.path.exists(f"/dev/shm/{slots.name}")  # mapped here: its name is gone
+    for i, t in enumerate(received):
+        assert isinstance(t, torch.Tensor) and t.shape == (4, 10, 10, 3) and int(t.min()) == int(t.max()) == i
+    view = received[0][1:3]
+    del received[0]
+    gc.collect()
+    assert slots.hand_over(batches[2]) is None  # a view still holds slot 0
+    del view
+    gc.collect()
+    third = pickle.loads(pickle.dumps(slots.hand_over(batches[2])))
+    assert int(third.min()) == int(third.max()) == 2 and int(received[0].max()) == 1
+    assert slots.hand_over(np.zeros((5, 10, 10, 3), np.uint8)) is None  # larger than a slot
+
+
+def test_without_workers_batches_are_plain_tensors(small_slide):
+    path, _ = small_slide
+    locs = _locations(10, seed=5)
+    before = torch_data.stats["slot_batches"]
+    got = list(DataLoader(PatchBatches(path, locs, SIZE, batch_size=4, shuffle=True, seed=2), batch_size=None))
+    order = np.random.default_rng(2).permutation(len(locs))
+    np.testing.assert_array_equal(torch.cat(got).numpy(), _expected(tifffile.imread(path, key=0), locs[order]))
+    assert torch_data.stats["slot_batches"] == before
+
+
+@needs_dev_shm
+def test_breaking_off_leaves_no_segment_behind(small_slide):
+    path, _ = small_slide
+    segments = _segments()
+    loader = DataLoader(PatchBatches(path, _locations(200, seed=6), SIZE, batch_size=4), batch_size=None,
+                        num_workers=2)
+    for _batch in loader:  # the other worker's first batch, in a slot, is never received
+        break
+    del loader, _batch
+    gc.collect()
+    assert _segments() <= segments
+
+
+@needs_dev_shm
+def test_segments_of_killed_workers_are_removed_by_the_next_dataset(small_slide):
+    import subprocess
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale, live = f"/dev/shm/cucim_like_batches_{gone.pid}_test", f"/dev/shm/cucim_like_batches_{os.getpid()}_test"
+    for name in (stale, live):
+        with open(name, "wb") as f:
+            f.write(b"x")
+    try:
+        PatchBatches(small_slide[0], _locations(2), SIZE)
+        assert not os.path.exists(stale) and os.path.exists(live)
+    finally:
+        for name in (stale, live):
+            if os.path.exists(name):
+                os.unlink(name)
+
+
+@needs_dev_shm
+@pytest.mark.skipif(sys.platform != "linux", reason="spawned workers re-import torch: slow, checked on Linux")
+def test_spawned_workers(small_slide):
+    path, _ = small_slide
+    locs = _locations(12, seed=8)
+    got = list(DataLoader(PatchBatches(path, locs, SIZE, batch_size=4, slots=4), batch_size=None,
+                          num_workers=2, multiprocessing_context="spawn"))
+    np.testing.assert_array_equal(torch.cat(got).numpy(), _expected(tifffile.imread(path, key=0), locs))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"locations": np.empty((0, 2), np.int64)},
+    {"locations": [[1, 2, 3]]},
+    {"size": (0, 10)},
+    {"size": (701, 10)},
+    {"batch_size": 0},
+    {"num_threads": -1},
+    {"prefetch_factor": -1},
+    {"level": 5},
+    {"slots": 0},
+    {"slots": 1.5},
+])
+def test_arguments_are_checked_in_the_calling_process(small_slide, kwargs):
+    path, _ = small_slide
+    args = {"locations": _locations(4), "size": SIZE, **kwargs}
+    with pytest.raises(cucim_like.InvalidArgumentError):
+        PatchBatches(path, args.pop("locations"), args.pop("size"), **args)
