@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 # pool): iterators own no threads, so none can leak.
 _PRODUCERS = 2
 
-# (starts, caller's buf or None, cancel event, decode threads for this batch) -> batch
-RunBatch = Callable[[np.ndarray, np.ndarray | None, threading.Event, int], np.ndarray]
+# (starts, caller's buf (an array, or a callable giving one per batch) or None, cancel event, decode threads for
+# this batch) -> batch
+RunBatch = Callable[[np.ndarray, np.ndarray | Callable[[int], np.ndarray | None] | None, threading.Event, int],
+                    np.ndarray]
 
 
 class _Cancelled(Exception):
@@ -37,11 +39,13 @@ class BatchIterator:
     """Iterates over batches of patches; ``len()`` is the number of batches.
 
     Each item is a new NumPy array (B, H, W, C) (or (B, D, H, W, C) for volumes), the last one shorter unless
-    ``drop_last``, or a view of the caller's ``buf`` when one was given (then nothing is decoded ahead).
+    ``drop_last``, or a view of the caller's ``buf`` when one was given (then nothing is decoded ahead), or the
+    array a callable ``buf(n)`` gave for the batch (batches are then decoded ahead as without ``buf``).
     """
 
     def __init__(self, starts: np.ndarray, batch_size: int, drop_last: bool, prefetch_factor: int,
-                 shuffle: bool, seed: int, run_batch: RunBatch, buf: np.ndarray | None = None,
+                 shuffle: bool, seed: int, run_batch: RunBatch,
+                 buf: np.ndarray | Callable[[int], np.ndarray | None] | None = None,
                  workers: int = 1) -> None:
         self._starts = starts
         order = np.arange(len(starts))
@@ -52,7 +56,7 @@ class BatchIterator:
         self._batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(count)]
         self._run = run_batch
         self._buf = buf
-        self._prefetch = 0 if buf is not None else prefetch_factor
+        self._prefetch = 0 if buf is not None and not callable(buf) else prefetch_factor
         # ``workers`` decode threads in all: shared by the batches decoded at the same time (measured with
         # 2 workers, 2000 224² patches: one thread per batch on 2 producers 1.54 s, both threads on every
         # batch 1.62 s, medians of 8; fewer threads, fewer hand-offs). With one worker, one batch at a time:

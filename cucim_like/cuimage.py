@@ -252,7 +252,7 @@ class CuImage:
         shuffle: bool = False,
         seed: int = 0,
         device: str = "cpu",
-        buf: np.ndarray | None = None,
+        buf: np.ndarray | Callable[[int], np.ndarray | None] | None = None,
         shm_name: str | None = None,
         *,
         fill: float | None = None,
@@ -272,7 +272,8 @@ class CuImage:
         batch_size, drop_last, prefetch_factor, shuffle, seed, device, buf, shm_name); the rest are keywords.
         Several locations (any iterable of (x, y), NumPy arrays flat or N x 2) or ``batch_size`` > 1: a
         :class:`~cucim_like.batch.BatchIterator` of (B, h, w, c) arrays, ``prefetch_factor`` batches decoded
-        ahead, in a seeded random order with ``shuffle``.
+        ahead, in a seeded random order with ``shuffle``. There ``buf`` may also be a callable: ``buf(n)``
+        gives the array (n, h, w, c) each batch of n patches is written into (None: a new one).
         Parts outside the level are ``fill`` (default 255 for brightfield vendor slides, 0 otherwise).
         ``num_workers``: decode threads, 0 = one per CPU. ``progress`` is called with the number of tiles
         finished as they finish (possibly from worker threads). ``shm_name`` is accepted for cuCIM
@@ -324,6 +325,8 @@ class CuImage:
             locations, single = args.parse_locations(location, nd)
         b, prefetch = check_batch_arguments(batch_size, prefetch_factor)
         if single or (len(locations) == 1 and b == 1):
+            if callable(buf):
+                raise InvalidArgumentError("a callable buf gives each batch its array: it needs batched reads")
             start = self._level_start(location if locations is None else tuple(locations[0].tolist()), lvl)
             out = self._read_channels(lvl, pick, squeeze, start, extent, buf, fill_value, workers, progress,
                                       target)
@@ -335,17 +338,25 @@ class CuImage:
             raise InvalidArgumentError(f"patch size {tuple(sz)} is larger than level {lvl.index} "
                                        f"({lvl.width} x {lvl.height})", path=self._path)
         channel = () if self._drop_channel or squeeze else (lvl.shape[3] if pick is None else len(pick),)
-        if buf is not None:
-            want = (b, *(extent if nd == 3 else extent[1:]), *channel)
-            if (not isinstance(buf, np.ndarray) or buf.shape != want or buf.dtype != lvl.dtype
-                    or not buf.flags.c_contiguous or not buf.flags.writeable):
-                raise InvalidArgumentError(f"buf must be a writable C-contiguous array of shape {want} and dtype "
-                                           f"{lvl.dtype}, got {getattr(buf, 'shape', None)}")
+        patch = (*(extent if nd == 3 else extent[1:]), *channel)
 
-        def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | None, cancel, batch_workers: int
+        def check_buf(arr: object, n: int) -> None:
+            if (not isinstance(arr, np.ndarray) or arr.shape != (n, *patch) or arr.dtype != lvl.dtype
+                    or not arr.flags.c_contiguous or not arr.flags.writeable):
+                raise InvalidArgumentError(f"buf must be a writable C-contiguous array of shape {(n, *patch)} and "
+                                           f"dtype {lvl.dtype}, got {getattr(arr, 'shape', None)}")
+
+        if buf is not None and not callable(buf):
+            check_buf(buf, b)
+
+        def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | Callable | None, cancel, batch_workers: int
                       ) -> np.ndarray:
             plan = plan_batch(lvl.shape, lvl.tile_shape, lvl.planes, batch_starts.tolist(), extent)
             n = len(batch_starts)
+            if callable(out_buf):  # the caller's array for this batch, or None for a new one
+                out_buf = out_buf(n)
+                if out_buf is not None:
+                    check_buf(out_buf, n)
             if target is not None:
                 return read_with_target(self, target, plan, lvl, pick, squeeze, fill_value, workers,
                                          plan.out_shape[0] // extent[0], progress, cancel)

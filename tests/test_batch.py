@@ -103,6 +103,44 @@ def test_buf_receives_each_batch(small_slide):
     np.testing.assert_array_equal(np.concatenate(got), _expected(levels[0], LOCS[:3], (16, 16)))
 
 
+def test_a_callable_buf_gives_each_batch_its_array_and_batches_are_still_decoded_ahead(small_slide):
+    path, _ = small_slide
+    level0 = tifffile.imread(path, key=0)
+    asked, arrays = [], []
+
+    def give(n: int) -> np.ndarray | None:
+        asked.append(n)
+        if n == 1:
+            return None  # the short last batch: a new array
+        arrays.append(np.empty((n, 16, 16, 3), np.uint8))
+        return arrays[-1]
+
+    it = CuImage(path).read_region(LOCS, (16, 16), batch_size=3, buf=give, prefetch_factor=2)
+    first = next(it)
+    deadline = time.monotonic() + 5
+    while len(asked) < 3 and time.monotonic() < deadline:  # batches 2 and 3 are under way before being asked for
+        time.sleep(0.01)
+    assert sorted(asked) == [1, 3, 3]
+    got = [first, *it]
+    assert len(asked) == 3
+    shared = [[i for i, a in enumerate(arrays) if np.shares_memory(g, a)] for g in got]
+    assert sorted(shared[:2]) == [[0], [1]] and shared[2] == []
+    np.testing.assert_array_equal(np.concatenate(got), _expected(level0, LOCS, (16, 16)))
+
+
+@pytest.mark.parametrize("wrong", [np.empty((3, 16, 16, 3), np.uint16), np.empty((2, 16, 16, 3), np.uint8),
+                                   np.empty((3, 16, 16, 3), np.uint8)[:, ::-1], (1, 2)])
+def test_a_callable_buf_giving_a_wrong_array_fails_at_that_batch(small_slide, wrong):
+    it = CuImage(small_slide[0]).read_region(LOCS, (16, 16), batch_size=3, buf=lambda n: wrong)
+    with pytest.raises(cucim_like.InvalidArgumentError, match="buf must be"):
+        next(it)
+
+
+def test_a_callable_buf_needs_batched_reads(small_slide):
+    with pytest.raises(cucim_like.InvalidArgumentError, match="batched"):
+        CuImage(small_slide[0]).read_region((0, 0), (16, 16), buf=lambda n: None)
+
+
 def test_shuffle_is_deterministic_and_a_permutation(small_slide):
     path, levels = small_slide
     locs = np.random.default_rng(1).integers(0, 400, (20, 2))
