@@ -186,7 +186,7 @@ class TileCache:
         Two requests farther apart than that say the tile would be overwritten before a third: admitting it
         would evict a tile about to be read again, and cost a whole decode instead of a cropped one. Measured
         on the benchmark slide, 2000 random 224² patches touching 4669 tiles, a 256 MiB cache (1365 tiles),
-        passes 2-4: 0.51-0.57 s against 0.76-0.87 s with a window of ``4 * capacity``, 0.69-0.72 s with no
+        passes 2-4: 0.51-0.57 s against 0.76-0.87 s with a window of ``4 * capacity``, 0.69-0.73 s with no
         cache.
         """
         return self._second_request(key, self._seen_part, max(256, self.capacity // 2))
