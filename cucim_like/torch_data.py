@@ -33,7 +33,7 @@ import numpy as np
 
 from .arguments import parse_locations
 from .cuimage import CuImage
-from .errors import InvalidArgumentError, OptionalDependencyError
+from .errors import CucimLikeError, InvalidArgumentError, OptionalDependencyError
 
 try:
     import torch
@@ -45,7 +45,24 @@ __all__ = ["PatchBatches"]
 
 _SHM_DIR = "/dev/shm"
 _PAGE = 4096
-_PREFIX = "cucim_like_batches_"
+_PREFIX = "cucim_like_batches_"  # then <pid namespace>_<pid>_<random>
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace (Linux), so that stale segments are judged only by processes that see the
+    same PIDs (containers sharing /dev/shm may not)."""
+    try:
+        return "".join(ch for ch in os.readlink("/proc/self/ns/pid") if ch.isdigit()) or "0"
+    except OSError:
+        return "0"
+
+
+def _owner(name: str) -> tuple[str, int] | None:
+    """(PID namespace, pid) of the worker that made segment ``name``, or None for a name not of ours."""
+    parts = name[len(_PREFIX) :].split("_")
+    if not name.startswith(_PREFIX) or len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
 # main process: segments attached, by name; counts of batches received through slots (for tests and stats)
 _attached: dict[str, _Attached] = {}
 stats = {"slot_batches": 0}
@@ -135,7 +152,7 @@ class _Slots:
     def __init__(self, count: int, slot_nbytes: int) -> None:
         self.count, self.stride = count, -(-slot_nbytes // _PAGE) * _PAGE
         self.nbytes = _PAGE + count * self.stride
-        self.name = f"{_PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
+        self.name = f"{_PREFIX}{_pid_namespace()}_{os.getpid()}_{secrets.token_hex(6)}"
         path = os.path.join(_SHM_DIR, self.name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -247,7 +264,11 @@ class _Attached:
 
     def __init__(self, name: str, nbytes: int, count: int) -> None:
         path = os.path.join(_SHM_DIR, name)
-        fd = os.open(path, os.O_RDWR)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError as exc:
+            raise CucimLikeError(f"the shared-memory slots of a DataLoader worker are gone ({path}): was /dev/shm "
+                                 "cleaned while the worker ran?", path=path) from exc
         try:
             if os.fstat(fd).st_size < nbytes:
                 raise InvalidArgumentError(f"{path} is smaller than the batch slots it should hold")
@@ -256,7 +277,8 @@ class _Attached:
             os.close(fd)
         _remove(path)  # both processes have it mapped: nothing needs its name any more
         self.states = np.ndarray((count,), np.uint8, self.mm, 0)
-        self.pid = int(name[len(_PREFIX) :].split("_")[0])
+        owner = _owner(name)
+        self.pid = owner[1] if owner is not None else -1
 
 
 def _receive(name: str, nbytes: int, count: int, slot: int, offset: int, shape: tuple[int, ...],
@@ -283,17 +305,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_segments() -> None:
-    """Remove the segments of worker processes that are gone without removing theirs (killed)."""
+    """Remove the segments of worker processes of this PID namespace that are gone without removing theirs
+    (killed)."""
     try:
         names = [n for n in os.listdir(_SHM_DIR) if n.startswith(_PREFIX)]
     except OSError:
         return
+    here = _pid_namespace()
     for name in names:
-        try:
-            pid = int(name[len(_PREFIX) :].split("_")[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
+        owner = _owner(name)
+        if owner is not None and owner[0] == here and not _pid_alive(owner[1]):
             try:
                 os.unlink(os.path.join(_SHM_DIR, name))
             except OSError:
@@ -303,5 +324,5 @@ def _remove_stale_segments() -> None:
 def _forget_exited_workers() -> None:
     """Drop the segments of worker processes that have exited (tensors still over them keep their pages)."""
     for name, seg in list(_attached.items()):
-        if not _pid_alive(seg.pid):
+        if seg.pid < 0 or not _pid_alive(seg.pid):
             del _attached[name]

@@ -112,21 +112,31 @@ def test_breaking_off_leaves_no_segment_behind(small_slide):
 
 @needs_dev_shm
 def test_segments_of_killed_workers_are_removed_by_the_next_dataset(small_slide):
+    """Only segments of this PID namespace whose worker is gone: containers sharing /dev/shm see other PIDs."""
     import subprocess
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    stale, live = f"/dev/shm/cucim_like_batches_{gone.pid}_test", f"/dev/shm/cucim_like_batches_{os.getpid()}_test"
-    for name in (stale, live):
-        with open(name, "wb") as f:
+    ns = torch_data._pid_namespace()
+    names = {"stale": f"{ns}_{gone.pid}_test", "live": f"{ns}_{os.getpid()}_test",
+             "other namespace": f"{ns}1_{gone.pid}_test", "not ours": f"{gone.pid}_test"}
+    paths = {k: f"/dev/shm/cucim_like_batches_{v}" for k, v in names.items()}
+    for path in paths.values():
+        with open(path, "wb") as f:
             f.write(b"x")
     try:
         PatchBatches(small_slide[0], _locations(2), SIZE)
-        assert not os.path.exists(stale) and os.path.exists(live)
+        assert {k for k, p in paths.items() if os.path.exists(p)} == {"live", "other namespace", "not ours"}
     finally:
-        for name in (stale, live):
-            if os.path.exists(name):
-                os.unlink(name)
+        for path in paths.values():
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def test_a_batch_whose_slots_are_gone_is_a_typed_error():
+    lost = torch_data._SlotBatch(f"{torch_data._PREFIX}0_1_gone", 8192, 1, 0, 4096, (1, 2, 2, 3), "|u1")
+    with pytest.raises(cucim_like.CucimLikeError, match="slots of a DataLoader worker are gone"):
+        pickle.loads(pickle.dumps(lost))
 
 
 @needs_dev_shm
