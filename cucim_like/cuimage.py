@@ -272,8 +272,12 @@ class CuImage:
         batch_size, drop_last, prefetch_factor, shuffle, seed, device, buf, shm_name); the rest are keywords.
         Several locations (any iterable of (x, y), NumPy arrays flat or N x 2) or ``batch_size`` > 1: a
         :class:`~cucim_like.batch.BatchIterator` of (B, h, w, c) arrays, ``prefetch_factor`` batches decoded
-        ahead, in a seeded random order with ``shuffle``. There ``buf`` may also be a callable: ``buf(n)``
-        gives the array (n, h, w, c) each batch of n patches is written into (None: a new one).
+        ahead, in a seeded random order with ``shuffle``. ``buf`` may also be a callable (then batches are
+        returned even for one location): ``buf(n)`` gives the array (n, h, w, c) that a batch of n patches is
+        written into (None: a new one). It is called from the threads that decode batches ahead, so it must be
+        thread-safe and give each call an array no other batch uses; a batch abandoned by ``close()`` or
+        ``break`` may still be written into until its decode stops, so an array is free again only once the
+        batch returned in it (or, for an abandoned one, the array itself) is gone.
         Parts outside the level are ``fill`` (default 255 for brightfield vendor slides, 0 otherwise).
         ``num_workers``: decode threads, 0 = one per CPU. ``progress`` is called with the number of tiles
         finished as they finish (possibly from worker threads). ``shm_name`` is accepted for cuCIM
@@ -319,14 +323,13 @@ class CuImage:
             size = (w, h, z) if nd == 3 else (w, h)
         sz = args.check_size(args.int_tuple(size, nd, "size"))
         extent = (sz[2] if nd == 3 else 1, sz[1], sz[0])
-        if type(location) is tuple and len(location) == nd and args.all_ints(location):
+        batched_buf = callable(buf)  # a callable buf asks for batches, even of one patch
+        if type(location) is tuple and len(location) == nd and args.all_ints(location) and not batched_buf:
             locations, single = None, True  # one (x, y[, z]) of Python ints: the common case, without NumPy
         else:
             locations, single = args.parse_locations(location, nd)
         b, prefetch = check_batch_arguments(batch_size, prefetch_factor)
-        if single or (len(locations) == 1 and b == 1):
-            if callable(buf):
-                raise InvalidArgumentError("a callable buf gives each batch its array: it needs batched reads")
+        if (single or (len(locations) == 1 and b == 1)) and not batched_buf:
             start = self._level_start(location if locations is None else tuple(locations[0].tolist()), lvl)
             out = self._read_channels(lvl, pick, squeeze, start, extent, buf, fill_value, workers, progress,
                                       target)

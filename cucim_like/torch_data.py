@@ -78,7 +78,12 @@ class PatchBatches(IterableDataset):
     batches with ``num_threads`` threads, ``prefetch_factor`` batches ahead. ``shuffle`` orders the patches by
     ``seed``: set ``dataset.seed`` before an epoch for a new order (workers that persist keep theirs).
     ``slots`` is the number of batch-sized shared-memory slots per worker process (memory: ``slots`` x one
-    batch per worker, for the worker's life).
+    batch per worker, for the worker's life; the main process keeps a finished worker's segment mapped until
+    its batches are gone and a batch of a newer worker arrives).
+
+    Inside a worker (a ``collate_fn``, ``batch_size`` other than None, a wrapping dataset) the batches are
+    tensors like any other; what is made from them reaches the main process the ordinary way, and their slots
+    are freed.
 
     Arguments are checked here, in the calling process, before any worker starts.
     """
@@ -129,9 +134,12 @@ class PatchBatches(IterableDataset):
                 slots = _worker_slots(self.slots, self.batch_size * math.prod(patch) * dtype.itemsize)
                 if slots is not None:
                     claim = functools.partial(slots.claim, patch=patch, dtype=dtype)
-            for batch in img.read_region(starts, self.size, self.level, batch_size=self.batch_size,
-                                         num_workers=self.num_threads, prefetch_factor=self.prefetch_factor,
-                                         buf=claim):  # decoded straight into a free slot when there is one
+            batches = img.read_region(starts, self.size, self.level, batch_size=self.batch_size,
+                                      num_workers=self.num_threads, prefetch_factor=self.prefetch_factor,
+                                      buf=claim)  # decoded straight into a free slot when there is one
+            if isinstance(batches, np.ndarray):  # one location, batches of one, no slots: read as one patch
+                batches = (batches[np.newaxis],)
+            for batch in batches:
                 handed = slots.hand_over(batch) if slots is not None else None
                 yield handed if handed is not None else torch.from_numpy(batch)
         finally:
@@ -142,17 +150,20 @@ class PatchBatches(IterableDataset):
 class _Slots:
     """A worker process's segment: a page of slot states, then the slots.
 
-    A slot is free (0), being filled in this process (2), or held by the main process (1). This process takes
-    free slots; the main process frees the slots it holds (when their tensors are gone); a slot this process
-    took but never sent (its batch was dropped) is freed when its array is gone. The segment's file is removed
-    by the main process when it first maps it, or by this process when it exits (or, after a kill, by the next
-    PatchBatches made in any process).
+    A slot is free (0), taken in this process (2), or held by the main process (1). This process takes free
+    slots and marks a slot held when its batch is pickled to the main process; the main process frees the slots
+    it holds (when their tensors are gone); a slot taken but never sent (its batch was dropped, or transformed
+    into another tensor) is freed when its array is gone. Only the process that made or mapped a segment frees
+    its slots (a forked copy of a tensor frees nothing). The segment's file is removed by the main process when
+    it first maps it, or by this process when it exits (or, after a kill, by the next PatchBatches made in a
+    process of the same PID namespace).
     """
 
     def __init__(self, count: int, slot_nbytes: int) -> None:
         self.count, self.stride = count, -(-slot_nbytes // _PAGE) * _PAGE
         self.nbytes = _PAGE + count * self.stride
-        self.name = f"{_PREFIX}{_pid_namespace()}_{os.getpid()}_{secrets.token_hex(6)}"
+        self.pid = os.getpid()
+        self.name = f"{_PREFIX}{_pid_namespace()}_{self.pid}_{secrets.token_hex(6)}"
         path = os.path.join(_SHM_DIR, self.name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -190,13 +201,15 @@ class _Slots:
         return arr
 
     def _unclaim(self, slot: int, generation: int) -> None:
+        if os.getpid() != self.pid:
+            return
         with self._lock:
             if self._generation[slot] == generation and not self._sent[slot]:
                 self.states[slot] = 0
 
-    def hand_over(self, batch: np.ndarray) -> _SlotBatch | None:
-        """What to send for ``batch``: its slot when it was decoded into one, else a free slot it is copied into;
-        None when every slot is held (it then goes the ordinary way)."""
+    def hand_over(self, batch: np.ndarray) -> _SlotTensor | None:
+        """``batch`` as a tensor that pickles as its slot: the slot it was decoded into, else a free slot it is
+        copied into; None when every slot is held (it then goes the ordinary way)."""
         with self._lock:
             slot = self._taken.pop(batch.ctypes.data, None)
         if slot is None:
@@ -207,11 +220,37 @@ class _Slots:
             batch = arr
             with self._lock:
                 slot = self._taken.pop(arr.ctypes.data)
+        tensor = torch.Tensor._make_subclass(_SlotTensor, torch.from_numpy(batch))
+        tensor._slot = (self, slot, self._generation[slot], (self.name, self.nbytes, self.count, slot,
+                                                             _PAGE + slot * self.stride, batch.shape,
+                                                             batch.dtype.str))
+        return tensor
+
+    def send(self, slot: int, generation: int) -> bool:
+        """Mark ``slot`` held by the main process, as its batch is pickled; False when it cannot be (another
+        process, a slot reused, or sent already): the batch is then pickled with its pixels."""
+        if os.getpid() != self.pid:
+            return False
         with self._lock:
+            if self._generation[slot] != generation or self._sent[slot]:
+                return False
             self._sent[slot] = True
             self.states[slot] = 1
-        return _SlotBatch(self.name, self.nbytes, self.count, slot, _PAGE + slot * self.stride, batch.shape,
-                          batch.dtype.str)
+        return True
+
+
+class _SlotTensor(torch.Tensor):
+    """A batch in a slot, as the worker yields it: an ordinary CPU tensor, except that pickling it to the main
+    process sends its slot number instead of its pixels. Operations on it return plain tensors (which pickle as
+    usual, and leave the slot to be freed when this one is gone)."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        slots, slot, generation, args = self._slot
+        if slots.send(slot, generation):
+            return _receive, args
+        return torch.from_numpy, (self.numpy().copy(),)
 
 
 _worker_segments: dict[tuple[int, int], _Slots | None] = {}
@@ -248,16 +287,6 @@ def _remove(path: str) -> None:
         pass
 
 
-class _SlotBatch:
-    """What crosses the process boundary for a batch in a slot: unpickled, it is the tensor over the slot."""
-
-    def __init__(self, *args: object) -> None:
-        self.args = args
-
-    def __reduce__(self) -> tuple:
-        return _receive, self.args
-
-
 # -- main process side ----------------------------------------------------------------------------------------
 class _Attached:
     """A worker's segment as mapped in this process."""
@@ -289,9 +318,15 @@ def _receive(name: str, nbytes: int, count: int, slot: int, offset: int, shape: 
         _forget_exited_workers()
         seg = _attached[name] = _Attached(name, nbytes, count)
     arr = np.ndarray(shape, np.dtype(dtype), seg.mm, offset)
-    weakref.finalize(arr, seg.states.__setitem__, slot, 0)  # torch keeps ``arr`` as long as the tensor's storage
+    weakref.finalize(arr, _free, seg.states, slot, os.getpid())  # torch keeps ``arr`` as long as its storage
     stats["slot_batches"] += 1
     return torch.from_numpy(arr)
+
+
+def _free(states: np.ndarray, slot: int, pid: int) -> None:
+    """Free a slot this process held (not in a forked child, whose copy of the tensor is not the holder)."""
+    if os.getpid() == pid:
+        states[slot] = 0
 
 
 def _pid_alive(pid: int) -> bool:

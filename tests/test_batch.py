@@ -136,9 +136,13 @@ def test_a_callable_buf_giving_a_wrong_array_fails_at_that_batch(small_slide, wr
         next(it)
 
 
-def test_a_callable_buf_needs_batched_reads(small_slide):
-    with pytest.raises(cucim_like.InvalidArgumentError, match="batched"):
-        CuImage(small_slide[0]).read_region((0, 0), (16, 16), buf=lambda n: None)
+@pytest.mark.parametrize("location", [(30, 40), [(30, 40)], np.array([30, 40], np.int32)])
+def test_a_callable_buf_asks_for_batches_even_of_one_patch(small_slide, location):
+    path, _ = small_slide
+    given = np.empty((1, 16, 16, 3), np.uint8)
+    got = list(CuImage(path).read_region(location, (16, 16), buf=lambda n: given if n == 1 else None))
+    assert len(got) == 1 and got[0].shape == (1, 16, 16, 3) and np.shares_memory(got[0], given)
+    np.testing.assert_array_equal(got[0], _expected(tifffile.imread(path, key=0), [(30, 40)], (16, 16)))
 
 
 def test_shuffle_is_deterministic_and_a_permutation(small_slide):

@@ -134,9 +134,58 @@ def test_segments_of_killed_workers_are_removed_by_the_next_dataset(small_slide)
 
 
 def test_a_batch_whose_slots_are_gone_is_a_typed_error():
-    lost = torch_data._SlotBatch(f"{torch_data._PREFIX}0_1_gone", 8192, 1, 0, 4096, (1, 2, 2, 3), "|u1")
     with pytest.raises(cucim_like.CucimLikeError, match="slots of a DataLoader worker are gone"):
-        pickle.loads(pickle.dumps(lost))
+        torch_data._receive(f"{torch_data._PREFIX}0_1_gone", 8192, 1, 0, 4096, (1, 2, 2, 3), "|u1")
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_one_patch_batches_and_a_worker_with_a_single_location(small_slide, workers):
+    path, _ = small_slide
+    level0 = tifffile.imread(path, key=0)
+    for n in (1, 3):
+        locs = _locations(n, seed=9)
+        got = list(DataLoader(PatchBatches(path, locs, SIZE, batch_size=1), batch_size=None, num_workers=workers))
+        assert [tuple(b.shape) for b in got] == [(1, SIZE[1], SIZE[0], 3)] * n
+        np.testing.assert_array_equal(torch.cat(got).numpy(), _expected(level0, locs))
+
+
+@needs_dev_shm
+def test_batches_transformed_inside_the_workers_are_sent_as_what_they_became(small_slide):
+    """A collate_fn, batching of batches, or a wrapping dataset sees tensors; what they make goes the ordinary
+    way, and the slots they came from are freed."""
+    path, _ = small_slide
+    locs = _locations(40, seed=10)
+    want = torch.from_numpy(_expected(tifffile.imread(path, key=0), locs))
+    ds = PatchBatches(path, locs, SIZE, batch_size=4, slots=2)
+    permuted = list(DataLoader(ds, batch_size=None, num_workers=2, collate_fn=lambda b: b.permute(0, 3, 1, 2)))
+    assert all(type(b) is torch.Tensor for b in permuted)
+    torch.testing.assert_close(torch.cat(permuted), want.permute(0, 3, 1, 2), rtol=0, atol=0)
+    pairs = list(DataLoader(ds, batch_size=2, num_workers=2))  # each worker's 5 batches, stacked by two
+    assert sorted(tuple(p.shape[:2]) for p in pairs) == [(1, 4)] * 2 + [(2, 4)] * 4
+    assert all(type(p) is torch.Tensor for p in pairs) and sum(p.shape[0] * p.shape[1] for p in pairs) == 40
+    before = torch_data.stats["slot_batches"]
+    plain = list(DataLoader(ds, batch_size=None, num_workers=2))  # the slots were freed: used again
+    torch.testing.assert_close(torch.cat(plain), want, rtol=0, atol=0)
+    assert torch_data.stats["slot_batches"] - before >= 2
+
+
+@needs_dev_shm
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_copy_of_a_held_batch_frees_nothing():
+    slots = torch_data._Slots(1, 4 * 2 * 2 * 3)
+    held = pickle.loads(pickle.dumps(slots.hand_over(np.full((4, 2, 2, 3), 5, np.uint8))))
+    assert int(slots.states[0]) == 1
+    pid = os.fork()
+    if pid == 0:  # the child drops its copy of the tensor
+        del held
+        gc.collect()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert int(slots.states[0]) == 1 and slots.hand_over(np.zeros((4, 2, 2, 3), np.uint8)) is None
+    assert int(held.max()) == 5
+    del held
+    gc.collect()
+    assert int(slots.states[0]) == 0
 
 
 @needs_dev_shm
