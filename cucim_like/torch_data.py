@@ -78,8 +78,8 @@ class PatchBatches(IterableDataset):
     batches with ``num_threads`` threads, ``prefetch_factor`` batches ahead. ``shuffle`` orders the patches by
     ``seed``: set ``dataset.seed`` before an epoch for a new order (workers that persist keep theirs).
     ``slots`` is the number of batch-sized shared-memory slots per worker process (memory: ``slots`` x one
-    batch per worker, for the worker's life; the main process keeps a finished worker's segment mapped until
-    its batches are gone and a batch of a newer worker arrives).
+    batch per worker, for the worker's life; the main process unmaps a finished worker's segment once its
+    batches are gone).
 
     Inside a worker (a ``collate_fn``, ``batch_size`` other than None, a wrapping dataset) the batches are
     tensors like any other; what is made from them reaches the main process the ordinary way, and their slots
@@ -318,15 +318,20 @@ def _receive(name: str, nbytes: int, count: int, slot: int, offset: int, shape: 
         _forget_exited_workers()
         seg = _attached[name] = _Attached(name, nbytes, count)
     arr = np.ndarray(shape, np.dtype(dtype), seg.mm, offset)
-    weakref.finalize(arr, _free, seg.states, slot, os.getpid())  # torch keeps ``arr`` as long as its storage
+    weakref.finalize(arr, _free, seg, slot, os.getpid())  # torch keeps ``arr`` as long as its storage
     stats["slot_batches"] += 1
     return torch.from_numpy(arr)
 
 
-def _free(states: np.ndarray, slot: int, pid: int) -> None:
-    """Free a slot this process held (not in a forked child, whose copy of the tensor is not the holder)."""
-    if os.getpid() == pid:
-        states[slot] = 0
+def _free(seg: _Attached, slot: int, pid: int) -> None:
+    """Free a slot this process held (not in a forked child, whose copy of the tensor is not the holder); when
+    no slot of the segment is held any more, forget the segments of workers that are gone (their pages go with
+    the last arrays over them)."""
+    if os.getpid() != pid:
+        return
+    seg.states[slot] = 0
+    if not (seg.states == 1).any():
+        _forget_exited_workers()
 
 
 def _pid_alive(pid: int) -> bool:

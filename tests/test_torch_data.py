@@ -43,7 +43,7 @@ def test_batches_from_two_workers_equal_tifffile_and_all_come_through_slots(smal
     path, _ = small_slide
     level0 = tifffile.imread(path, key=0)
     locs = _locations(45)
-    before, segments = torch_data.stats["slot_batches"], _segments()
+    before, segments, mapped = torch_data.stats["slot_batches"], _segments(), set(torch_data._attached)
     ds = PatchBatches(path, locs, SIZE, batch_size=8, slots=8)  # enough slots for every batch a worker makes
     held = list(DataLoader(ds, batch_size=None, num_workers=2))  # all held at once: no slot may be reused
     assert len(held) == len(ds) == 6 and [len(b) for b in held] == [8] * 5 + [5]
@@ -51,6 +51,23 @@ def test_batches_from_two_workers_equal_tifffile_and_all_come_through_slots(smal
     assert torch_data.stats["slot_batches"] - before == 6
     assert all(b.dtype == torch.uint8 and b.shape[1:] == (SIZE[1], SIZE[0], 3) for b in held)
     assert _segments() <= segments  # each segment's name is removed once the main process has mapped it
+    attached = set(torch_data._attached) - mapped
+    assert len(attached) == 2  # the workers' segments, mapped here while their batches live
+    del held
+    gc.collect()
+    assert not attached & set(torch_data._attached)  # the workers have exited: their segments are forgotten
+
+
+@needs_dev_shm
+def test_segments_are_unmapped_once_the_workers_are_gone_and_no_batch_is_held(small_slide):
+    path, _ = small_slide
+    mapped = set(torch_data._attached)
+    for batch in DataLoader(PatchBatches(path, _locations(64, seed=11), SIZE, batch_size=8, slots=4),
+                            batch_size=None, num_workers=2):
+        assert len(batch) == 8  # each batch dropped when the next arrives
+    del batch
+    gc.collect()
+    assert set(torch_data._attached) <= mapped
 
 
 @needs_dev_shm
