@@ -99,8 +99,8 @@ class SharedMemoryCache(TileCache):
             self._index[:] = np.zeros(1, _ENTRY)
         self._fd = -1
         self._tlock = threading.Lock()
-        # keys of partial tiles this process decoded cropped (TileCache.admit_part): a second request keeps one
         self._lock = threading.Lock()
+        # keys of partial tiles this process decoded cropped (TileCache.admit_part): a second request keeps one
         self._seen_part: OrderedDict[Hashable, None] = OrderedDict()
         _LIVE.add(self)
 

@@ -63,6 +63,8 @@ def _owner(name: str) -> tuple[str, int] | None:
     if not name.startswith(_PREFIX) or len(parts) != 3 or not parts[1].isdigit():
         return None
     return parts[0], int(parts[1])
+
+
 # main process: segments attached, by name; counts of batches received through slots (for tests and stats)
 _attached: dict[str, _Attached] = {}
 stats = {"slot_batches": 0}
@@ -103,7 +105,9 @@ class PatchBatches(IterableDataset):
             img.read_region(self.locations, size, level, num_workers=num_threads, prefetch_factor=prefetch_factor,
                             batch_size=2 if len(self.locations) == 1 and batch_size == 1 else batch_size,
                             drop_last=drop_last)
+            channels, self._dtype = int(img.shape[-1]), np.dtype(img.dtype)  # a slide's batches: (B, h, w, c)
         self.size = (int(size[0]), int(size[1]))
+        self._patch = (self.size[1], self.size[0], channels)
         self.level, self.batch_size, self.drop_last = int(level), int(batch_size), bool(drop_last)
         self.shuffle, self.seed = bool(shuffle), int(seed)
         self.num_threads, self.prefetch_factor, self.slots = int(num_threads), int(prefetch_factor), int(slots)
@@ -129,11 +133,9 @@ class PatchBatches(IterableDataset):
             starts = self.locations[np.concatenate(mine)]
             slots, claim = None, None
             if info is not None:
-                probe = img.read_region(tuple(starts[0].tolist()), (1, 1), self.level)  # channels and dtype
-                patch, dtype = (self.size[1], self.size[0], *probe.shape[2:]), probe.dtype
-                slots = _worker_slots(self.slots, self.batch_size * math.prod(patch) * dtype.itemsize)
+                slots = _worker_slots(self.slots, self.batch_size * math.prod(self._patch) * self._dtype.itemsize)
                 if slots is not None:
-                    claim = functools.partial(slots.claim, patch=patch, dtype=dtype)
+                    claim = functools.partial(slots.claim, patch=self._patch, dtype=self._dtype)
             batches = img.read_region(starts, self.size, self.level, batch_size=self.batch_size,
                                       num_workers=self.num_threads, prefetch_factor=self.prefetch_factor,
                                       buf=claim)  # decoded straight into a free slot when there is one

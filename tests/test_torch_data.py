@@ -71,6 +71,20 @@ def test_segments_are_unmapped_once_the_workers_are_gone_and_no_batch_is_held(sm
 
 
 @needs_dev_shm
+def test_one_sample_16_bit_slides_come_through_slots(tmp_path):
+    """The slot shape and dtype come from the image's metadata: (B, h, w, 1) uint16 here."""
+    level0 = np.random.default_rng(12).integers(0, 65536, (200, 300), dtype=np.uint16)
+    path = tmp_path / "gray16.tif"
+    tifffile.imwrite(path, level0, tile=(64, 64), compression="zlib")
+    locs = np.array([[5, 7], [100, 60], [250, 150], [0, 0], [17, 130]])
+    before = torch_data.stats["slot_batches"]
+    got = list(DataLoader(PatchBatches(path, locs, SIZE, batch_size=2), batch_size=None, num_workers=2))
+    assert torch_data.stats["slot_batches"] - before == 3 and all(b.dtype == torch.uint16 for b in got)
+    want = np.stack([level0[y : y + SIZE[1], x : x + SIZE[0], None] for x, y in locs.tolist()])
+    np.testing.assert_array_equal(torch.cat(got).numpy(), want)
+
+
+@needs_dev_shm
 def test_a_consumer_holding_more_batches_than_slots_gets_the_rest_the_ordinary_way(small_slide):
     path, _ = small_slide
     level0 = tifffile.imread(path, key=0)
