@@ -17,9 +17,13 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .executors.pool import thread_pool
+from .plan import tile_uses
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
+
+    from .cache import TileCache
+    from .formats.base import Level
 
 # Batches run on a small shared pool of producer threads (each batch then fans its tiles out to the decode
 # pool): iterators own no threads, so none can leak.
@@ -136,6 +140,39 @@ class BatchIterator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BatchTileUses:
+    """What a batch iterator knows of its future: which tiles more than one of its batches needs.
+
+    While the tile cache has room, a tile a read needs only part of is decoded whole and kept (:mod:`.cache`).
+    When the iterator's tiles do not all fit in the cache, that is worth it only for a tile a later batch
+    needs again: :meth:`reuse` hands the executor the counts then, and None (keep what there is room for) when
+    they fit, so that a second pass over the same patches finds them all. Measured on the benchmark slide,
+    2000 random 224² patches (4669 tiles), a fresh 256 MiB cache: first pass 0.84-0.95 s keeping every tile
+    while there is room, against 0.73 s with no cache.
+    """
+
+    def __init__(self, level: Level, starts: np.ndarray, extent: tuple[int, int, int], batch_size: int) -> None:
+        self._level, self._starts, self._extent, self._batch_size = level, starts, extent, batch_size
+        self.order: np.ndarray | None = None  # delivery order (indices into starts), set by the iterator's maker
+        self._lock = threading.Lock()
+        self._counts: np.ndarray | None = None
+        self._touched = -1  # bytes of the decoded tiles the batches touch; -1 until counted
+
+    def reuse(self, cache: TileCache | None) -> np.ndarray | None:
+        """Tile counts (:func:`cucim_like.plan.tile_uses`) when ``cache`` cannot hold every tile the batches
+        touch, else None; counted on first use."""
+        if cache is None or cache.memory_capacity <= 0:
+            return None
+        with self._lock:
+            if self._touched < 0:
+                level = self._level
+                starts = self._starts if self.order is None else self._starts[self.order]
+                self._counts = tile_uses(level.shape, level.tile_shape, starts, self._extent, self._batch_size)
+                tiles = 0 if self._counts is None else int(np.count_nonzero(self._counts)) * level.planes
+                self._touched = tiles * level.decoded_tile_nbytes
+        return None if self._counts is None or self._touched <= cache.memory_capacity else self._counts
 
 
 def check_batch_arguments(batch_size: object, prefetch_factor: object) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -135,6 +135,16 @@ class TileCache:
         """:meth:`get` for each of ``keys``, in order (one lock, or one look-up pass, for all)."""
         return [self.get(key) for key in keys]
 
+    def use_many(self, keys: Sequence[Hashable], use: Callable[[int, np.ndarray], None]) -> list[bool]:
+        """Call ``use(i, tile)`` for each ``keys[i]`` the cache holds; returns which were found. ``tile`` is
+        read-only and valid only during the call (a shared-memory cache hands a view of its memory)."""
+        found = []
+        for i, tile in enumerate(self.get_many(keys)):
+            if tile is not None:
+                use(i, tile)
+            found.append(tile is not None)
+        return found
+
     def put_many(self, items: Sequence[tuple[Hashable, np.ndarray]]) -> None:
         """:meth:`put` for each (key, tile) of ``items``."""
         for key, arr in items:
@@ -172,6 +182,11 @@ class TileCache:
                     arr.flags.writeable = True
                     return arr
         return None
+
+    def intact(self, buf: np.ndarray) -> bool:
+        """Whether a buffer :meth:`take_spare` gave still holds only what this process wrote to it (always,
+        here; a shared-memory cache's ring may have come round over it)."""
+        return True
 
     def has_room(self, nbytes: int) -> bool:
         """Whether a tile of ``nbytes`` would fit without evicting one (bytes and tile count)."""

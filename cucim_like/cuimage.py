@@ -14,7 +14,7 @@ import numpy as np
 
 from . import arguments as args
 from . import memory
-from .batch import BatchIterator, check_batch_arguments
+from .batch import BatchIterator, BatchTileUses, check_batch_arguments
 from .cache import TileCache, configure_cache, current_cache
 from .cuda.cache import DeviceTileCache, device_cache
 from .cuda.placement import OutputTransform
@@ -352,6 +352,8 @@ class CuImage:
         if buf is not None and not callable(buf):
             check_buf(buf, b)
 
+        uses = BatchTileUses(lvl, starts, extent, b)
+
         def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | Callable | None, cancel, batch_workers: int
                       ) -> np.ndarray:
             plan = plan_batch(lvl.shape, lvl.tile_shape, lvl.planes, batch_starts.tolist(), extent)
@@ -366,7 +368,8 @@ class CuImage:
             direct = out_buf is not None and pick is None  # else read all channels, then pick
             out = (out_buf[:n].reshape(plan.out_shape) if direct
                    else memory.empty(plan.out_shape, lvl.dtype, memory.BATCH_MMAP_THRESHOLD))
-            self._run(plan, lvl, out, fill_value, batch_workers, current_cache(), progress, cancel)
+            cache = current_cache()
+            self._run(plan, lvl, out, fill_value, batch_workers, cache, progress, cancel, uses.reuse(cache))
             shape = (n, *extent, *channel) if nd == 3 else (n, *extent[1:], *channel)
             if pick is None:
                 return out.reshape(shape)
@@ -376,8 +379,10 @@ class CuImage:
             out_buf[:n] = picked
             return out_buf[:n]
 
-        return BatchIterator(starts, b, bool(drop_last), prefetch, bool(shuffle), args.as_int(seed, "seed"),
-                             run_batch, buf, workers)
+        batches = BatchIterator(starts, b, bool(drop_last), prefetch, bool(shuffle), args.as_int(seed, "seed"),
+                                run_batch, buf, workers)
+        uses.order = batches.order
+        return batches
 
     def _timepoint_levels(self, levels: list[Level], t: Any) -> list[Level]:
         """The levels of timepoint ``t`` (``read_region(t=...)``); ``levels`` when t is None."""
@@ -586,10 +591,11 @@ class CuImage:
         return out if nd == 3 else out[0]
 
     def _run(self, plan: Plan, lvl: Level, out: np.ndarray, fill: float, workers: int, cache: TileCache | None,
-             progress: Callable[[int], None] | None = None, cancel=None) -> np.ndarray:
+             progress: Callable[[int], None] | None = None, cancel=None, reuse: np.ndarray | None = None
+             ) -> np.ndarray:
         """Execute ``plan`` on ``lvl`` of this image's files into ``out`` (the one place reads run)."""
         return cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
-                           fill=fill, workers=workers, cache=cache, progress=progress, cancel=cancel)
+                           fill=fill, workers=workers, cache=cache, progress=progress, cancel=cancel, reuse=reuse)
 
     def _output(self, shape: tuple[int, ...], dtype: np.dtype, buf: np.ndarray | None, nd: int) -> np.ndarray:
         want = shape if nd == 3 else shape[1:]

@@ -76,6 +76,12 @@ def _new_map(size: int, huge: bool) -> mmap.mmap:
     return mm
 
 
+def decode_skip(address: int) -> int:
+    """Bytes to skip from ``address`` (at most 63) for a decoder's output to start 16 bytes past a 64-byte
+    boundary (see above)."""
+    return (_DECODE_OFFSET - address) % _DECODE_ALIGN
+
+
 def decode_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised C-contiguous array (CPU memory) for a decoder to write a tile into, its data 16 bytes
     past a 64-byte boundary (see above)."""

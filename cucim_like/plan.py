@@ -210,3 +210,46 @@ def plan_batch(
     for i, start in enumerate(starts):
         _plan_into(batch, level_shape, tile_shape, planes, start, size, i * d)
     return batch
+
+
+# tile_uses works in chunks of at most this many (patch, tile) pairs, and only for levels of at most
+# _USES_MAX_TILES tiles per plane (its counts take 8 bytes a tile)
+_USES_CHUNK = 1 << 20
+_USES_MAX_TILES = 1 << 22
+
+
+def tile_uses(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.ndarray, size: Sequence[int],
+              batch_size: int) -> np.ndarray | None:
+    """How many batches touch each tile of one plane of a level: int64 (tiles per plane,), indexed as plan
+    jobs number a plane's tiles (``job.tile % len(counts)``).
+
+    ``starts``: (n, 3) int (z, y, x) of same-size regions ``size`` (d, h, w), in delivery order; regions
+    ``[i * batch_size, (i + 1) * batch_size)`` form batch i, and a tile touched by several regions of one
+    batch counts once (the batch decodes it once). None for levels of more than ``_USES_MAX_TILES`` tiles.
+    """
+    extent = np.array([int(v) for v in level_shape[:3]], np.int64)
+    tile = np.array([int(v) for v in tile_shape[:3]], np.int64)
+    grid = -(-extent // tile)
+    n_tiles = int(np.prod(grid))
+    if n_tiles > _USES_MAX_TILES:
+        return None
+    starts = np.asarray(starts, np.int64).reshape(-1, 3)
+    span = np.array([int(v) for v in size[:3]], np.int64)
+    most = -(-span // tile) + 1  # tiles a region can touch along each axis, at most
+    offsets = np.stack(np.meshgrid(*(np.arange(m) for m in most), indexing="ij"), -1).reshape(-1, 3)
+    per_region = len(offsets)
+    b = max(1, int(batch_size))
+    chunk = b * max(1, _USES_CHUNK // (per_region * b))  # whole batches per chunk
+    counts = np.zeros(n_tiles, np.int64)
+    for i in range(0, len(starts), chunk):
+        part = starts[i:i + chunk]
+        lo = np.clip(part, 0, extent)
+        hi = np.clip(part + span, 0, extent)
+        first, last = lo // tile, (hi - 1) // tile  # last < first along an axis the region misses
+        t = first[:, None, :] + offsets[None, :, :]  # (regions, per_region, 3)
+        inside = np.all((t <= last[:, None, :]) & (hi > lo)[:, None, :], axis=2)
+        flat = (t[..., 0] * grid[1] + t[..., 1]) * grid[2] + t[..., 2]
+        batch = (np.arange(i, i + len(part)) // b)[:, None]
+        keys = np.unique((batch * n_tiles + flat)[inside])  # one per (batch, tile)
+        counts += np.bincount(keys % n_tiles, minlength=n_tiles)
+    return counts

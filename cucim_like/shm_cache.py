@@ -18,6 +18,7 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import math
 import mmap
 import os
 import sys
@@ -25,13 +26,14 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from multiprocessing import shared_memory
 
 import numpy as np
 
 from .cache import CacheType, MiB, TileCache
 from .errors import InvalidArgumentError
+from .memory import decode_skip
 
 ENV = "CUCIM_LIKE_SHM_CACHE"
 _MAGIC = 0x4C4D484D4943_5543  # arbitrary tag
@@ -50,6 +52,11 @@ _W_POS, _W_NBYTES, _W_SHAPE, _W_DTYPE, _W_USED = 2, 3, 4, 6, 7
 # copying it). A piece /dev/shm has no room for is not used: its tiles are not kept, where writing to a page
 # tmpfs cannot allocate would kill the process (SIGBUS).
 _PIECE = 8 * MiB
+# take_spare reserves ring space for tiles decoded in place only in a ring of at least this many such tiles
+# (another writer would have to fill the rest of the ring while one tile decodes to come round over it; the
+# reader checks, see intact); it forgets reservations never put beyond _RESERVED_KEPT
+_RESERVE_MIN_TILES = 64
+_RESERVED_KEPT = 1024
 _UNMAPPED, _MAPPED, _NO_ROOM = 0, 1, 2
 
 
@@ -102,6 +109,7 @@ class SharedMemoryCache(TileCache):
         self._lock = threading.Lock()
         # keys of partial tiles this process decoded cropped (TileCache.admit_part): a second request keeps one
         self._seen_part: OrderedDict[Hashable, None] = OrderedDict()
+        self._reserved: OrderedDict[int, int] = OrderedDict()  # take_spare: address -> ring position
         _LIVE.add(self)
 
     # -- process-wide attachment ---------------------------------------------------------------------------
@@ -121,6 +129,7 @@ class SharedMemoryCache(TileCache):
         self._tlock = threading.Lock()
         self._lock = threading.Lock()
         self._pieces = bytearray(len(self._pieces))  # a fork copies no page tables of shared mappings
+        self._reserved = OrderedDict()  # the parent's threads' reservations are not this process's
 
     class _Locked:
         """Holds the thread lock, then an exclusive flock on this process's descriptor of the segment."""
@@ -185,8 +194,35 @@ class SharedMemoryCache(TileCache):
     def memory_size(self) -> int:
         return int(self._index["nbytes"][self._valid()].sum())
 
-    def take_spare(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        return None  # tiles are copied into the segment; nothing to hand back
+    def take_spare(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        """A place in the ring reserved for a tile about to be decoded (writable, 16 bytes past a 64-byte
+        boundary as :func:`cucim_like.memory.decode_buffer`): ``put`` then indexes it where it is, without a
+        copy. None when the ring holds fewer than ``_RESERVE_MIN_TILES`` such tiles, or has no room in
+        /dev/shm. The reservation moves the write position on, so the ring's oldest tiles there are dropped
+        now; :meth:`intact` says whether other writers have come round over it since."""
+        dtype = np.dtype(dtype)
+        n = math.prod(shape) * dtype.itemsize
+        need = n + 64  # room to start 16 bytes past a 64-byte boundary
+        if n == 0 or need * _RESERVE_MIN_TILES > self.memory_capacity:
+            return None
+        with self._locked():
+            pos = self._claim(need)
+        if pos is None:
+            return None
+        start = pos % self.memory_capacity
+        skip = decode_skip(self._ring.ctypes.data + start)
+        view = self._ring[start + skip:start + skip + n].view(dtype).reshape(shape)
+        with self._lock:
+            self._reserved[view.ctypes.data] = pos + skip
+            while len(self._reserved) > _RESERVED_KEPT:  # reservations never put (a failed decode)
+                self._reserved.popitem(last=False)
+        return view
+
+    def intact(self, buf: np.ndarray) -> bool:
+        """False when ``buf`` is a reservation of :meth:`take_spare` that the ring's writers have since come
+        round over (what was decoded into it may be overwritten)."""
+        pos = self._reserved.get(buf.ctypes.data)
+        return pos is None or pos + self.memory_capacity >= int(self._header[_H_HEAD])
 
     def reserve(self, memory_capacity: float, capacity: int | None = None) -> None:
         """The segment's size is fixed at creation; configure a new cache to grow it."""
@@ -213,13 +249,25 @@ class SharedMemoryCache(TileCache):
     def get_many(self, keys: Sequence[Hashable]) -> list[np.ndarray | None]:
         """Copies (read-only) of the tiles under ``keys``, None where missing: one lock and one vectorised
         probe of the index for all of them."""
+        out: list[np.ndarray | None] = [None] * len(keys)
+
+        def copy(i: int, tile: np.ndarray) -> None:
+            out[i] = tile.copy()
+            out[i].flags.writeable = False
+
+        self.use_many(keys, copy)
+        return out
+
+    def use_many(self, keys: Sequence[Hashable], use: Callable[[int, np.ndarray], None]) -> list[bool]:
+        """Call ``use(i, tile)`` for each ``keys[i]`` the cache holds, under the lock, with ``tile`` a read-only
+        view of the ring (so a read copies only the part it needs, once); returns which were found."""
+        found = [False] * len(keys)
         if not keys:
-            return []
+            return found
         digests = [_digest(key) for key in keys]
         want = np.frombuffer(b"".join(digests), "<u8").reshape(-1, 2)
         probes = (want[:, :1] % np.uint64(self._buckets) + self._probe_steps) % np.uint64(self._buckets)
-        out: list[np.ndarray | None] = [None] * len(keys)
-        found = 0
+        hits = 0
         with self._locked():
             head = int(self._header[_H_HEAD])
             rows = self._words[probes]  # (keys, probes, 8), a copy
@@ -235,14 +283,15 @@ class SharedMemoryCache(TileCache):
                     continue
                 shape = tuple(int(v) for v in entry[_W_SHAPE:_W_SHAPE + 2].view("<i4") if v > 0)
                 dtype = np.dtype(entry[_W_DTYPE:_W_DTYPE + 1].tobytes().rstrip(b"\0").decode())
-                arr = np.frombuffer(self._ring[start:start + n].tobytes(), dtype).reshape(shape)
-                arr.flags.writeable = False
-                out[i] = arr
-                found += 1
+                tile = self._ring[start:start + n].view(dtype).reshape(shape)
+                tile.flags.writeable = False
+                use(i, tile)
+                found[i] = True
+                hits += 1
             if self._header[_H_RECORD]:
-                self._header[_H_HITS] += found
-                self._header[_H_MISSES] += len(keys) - found
-        return out
+                self._header[_H_HITS] += hits
+                self._header[_H_MISSES] += len(keys) - hits
+        return found
 
     def put(self, key: Hashable, arr: np.ndarray) -> None:
         self.put_many([(key, arr)])
@@ -255,25 +304,39 @@ class SharedMemoryCache(TileCache):
             if arr.nbytes <= self.memory_capacity and arr.ndim <= 4:
                 shape = np.zeros(4, np.int32)
                 shape[: arr.ndim] = arr.shape
-                todo.append((_digest(key), np.ascontiguousarray(arr).reshape(-1).view(np.uint8), shape,
-                             arr.dtype.str.encode()))
+                with self._lock:
+                    pos = self._reserved.pop(arr.ctypes.data, None) if arr.flags.c_contiguous else None
+                data = None if pos is not None else np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+                todo.append((_digest(key), pos, data, arr.nbytes, shape, arr.dtype.str.encode()))
         if not todo:
             return
         with self._locked():
-            for digest, data, shape, dtype in todo:
-                self._insert(digest, data, shape, dtype)
+            head = int(self._header[_H_HEAD])
+            for digest, pos, data, n, shape, dtype in todo:
+                if pos is None:
+                    pos = self._claim(n)
+                    if pos is None:
+                        continue
+                    start = pos % self.memory_capacity
+                    self._ring[start:start + n] = data
+                elif pos + self.memory_capacity < head:
+                    continue  # decoded where it was reserved, but the ring has come round over it since
+                self._index_entry(digest, pos, n, shape, dtype)
 
-    def _insert(self, digest: bytes, data: np.ndarray, shape: np.ndarray, dtype: bytes) -> None:
-        """Append ``data`` (uint8) to the ring and index it (under the lock)."""
-        n = data.size
+    def _claim(self, n: int) -> int | None:
+        """Move the write position on by ``n`` bytes (under the lock): the ring position of the claimed bytes,
+        never wrapping inside them, or None where /dev/shm has no room for them."""
         pos = int(self._header[_H_HEAD])
         if pos % self.memory_capacity + n > self.memory_capacity:  # never wrap inside a tile
             pos = (pos // self.memory_capacity + 1) * self.memory_capacity
         start = pos % self.memory_capacity
         if not self._ready(start, start + n):
-            return
+            return None
         self._header[_H_HEAD] = pos + n
-        self._ring[start:start + n] = data
+        return pos
+
+    def _index_entry(self, digest: bytes, pos: int, n: int, shape: np.ndarray, dtype: bytes) -> None:
+        """Index ``n`` ring bytes at ring position ``pos`` under ``digest`` (under the lock)."""
         slots = self._slots(digest)
         target = None
         oldest, oldest_pos = slots[0], None

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cucim_like.plan import coalesce_ranges, plan_batch, plan_region
+from cucim_like.plan import coalesce_ranges, plan_batch, plan_region, tile_uses
 
 
 @st.composite
@@ -139,3 +139,23 @@ def test_batch_shares_tiles_between_regions():
     batch = plan_batch((1, 100, 100, 3), (1, 64, 64), 1, [(0, 0, 0), (0, 10, 10), (0, 5, 20)], (1, 20, 20))
     assert batch.tiles() == [0]
     assert len(batch.jobs) == 3
+
+
+@given(regions(), st.integers(1, 30), st.integers(1, 6), st.integers(0, 2**32 - 1))
+@settings(max_examples=150, deadline=None)
+def test_tile_uses_counts_the_batches_that_plan_each_tile(region, n, batch_size, seed):
+    """Per tile of a plane, the number of batches whose plan has a job on it (a batch counts once)."""
+    level_shape, tile_shape, planes, _, size = region
+    rng = np.random.default_rng(seed)
+    starts = np.stack([rng.integers(-s - 3, e + 3, n) for s, e in zip(size, level_shape[:3], strict=True)], 1)
+    counts = tile_uses(level_shape, tile_shape, starts, size, batch_size)
+    expected = np.zeros_like(counts)
+    for i in range(0, n, batch_size):
+        plan = plan_batch(level_shape, tile_shape, planes, starts[i:i + batch_size].tolist(), size)
+        for tile in {job.tile % len(counts) for job in plan.jobs}:
+            expected[tile] += 1
+    np.testing.assert_array_equal(counts, expected)
+
+
+def test_tile_uses_declines_levels_with_too_many_tiles():
+    assert tile_uses((1, 1 << 12, 1 << 12, 3), (1, 1, 1), np.zeros((1, 3), np.int64), (1, 1, 1), 1) is None

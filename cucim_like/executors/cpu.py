@@ -60,8 +60,10 @@ class _Read:
     """State of one executed plan (shared by its tasks; each task writes disjoint output boxes)."""
 
     def __init__(self, path: str, readers: Sequence[FileReader], level: Level, out: np.ndarray,
-                 cache: TileCache | None, file_keys: Sequence[object], insert: bool) -> None:
+                 cache: TileCache | None, file_keys: Sequence[object], insert: bool,
+                 reuse: np.ndarray | None = None) -> None:
         self.path = path
+        self.reuse = reuse
         self.readers = readers
         self.level = level
         self.out = out
@@ -115,13 +117,11 @@ class _Read:
 
     def place_cached(self, tiles: list[int], jobs_by_tile: dict[int, list[TileJob]]) -> list[int]:
         """Place the tiles the cache holds (one look-up for all); returns the others, in order."""
-        missed = []
-        for tile, hit in zip(tiles, self.cache.get_many([self.cache_key(t) for t in tiles]), strict=True):
-            if hit is None:
-                missed.append(tile)
-            else:
-                self.place(hit, jobs_by_tile[tile], tile)
-        return missed
+        def place(i: int, hit: np.ndarray) -> None:
+            self.place(hit, jobs_by_tile[tiles[i]], tiles[i])
+
+        found = self.cache.use_many([self.cache_key(t) for t in tiles], place)
+        return [tile for tile, hit in zip(tiles, found, strict=True) if not hit]
 
     def direct_target(self, jobs: list[TileJob], shape: tuple[int, ...]) -> np.ndarray | None:
         """The output view a tile of decoded ``shape`` can be decoded straight into: when its one job copies
@@ -152,12 +152,16 @@ class _Read:
         return y0, y1, x0, x1
 
     def part_goes_whole_to_cache(self, tile: int) -> bool:
-        """Whether a tile a read needs only part of is decoded whole and kept: while the cache has room, or on
-        the second request of a tile whose key the cache still remembers (the first is decoded cropped)."""
+        """Whether a tile a read needs only part of is decoded whole and kept: while the cache has room (when
+        the read knows its future, ``reuse``, only a tile a later batch needs again), or on the second request
+        of a tile whose key the cache still remembers (the first is decoded cropped)."""
         if not self.insert:
             return False
         cache = self.cache
-        return cache.has_room(self.level.decoded_tile_nbytes) or cache.admit_part(self.cache_key(tile))
+        reuse = self.reuse
+        if (reuse is None or reuse[tile % len(reuse)] > 1) and cache.has_room(self.level.decoded_tile_nbytes):
+            return True
+        return cache.admit_part(self.cache_key(tile))
 
     def cache_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """A tile buffer for the cache to keep: one an eviction freed, else a new one."""
@@ -204,7 +208,9 @@ class _Read:
             self.place(arr, jobs, tile)  # decoded elsewhere, or a short tile decoded in place (place raises)
         if self.insert and self.cache is not None:
             key = self.cache_key(tile)
-            if direct is None:
+            if direct is None and not self.cache.intact(buf):  # another process wrote over it meanwhile
+                self.place(self.decoder.decode(data, _scratch.get(shape, level.dtype)), jobs, tile)
+            elif direct is None:
                 self.cache.put(key, arr)
             elif self.cache.admit_whole(key):  # decoded into the output: copied only when read again
                 self.cache.put(key, arr.copy())
@@ -259,6 +265,8 @@ class _Read:
         for (item, whole), st in zip(taken, status, strict=True):
             if st != 0:
                 rest.append(item)
+            elif whole is not None and not self.cache.intact(whole):
+                rest.append(item)  # decoded into cache memory another process wrote over meanwhile: again
             elif whole is not None:
                 kept.append((self.cache_key(item[0]), whole))
         if kept:
@@ -343,10 +351,13 @@ def execute(
     cache: TileCache | None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    reuse: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run ``plan`` on the CPU into ``out`` (shape ``plan.out_shape``, the level's dtype); returns ``out``.
 
     When ``cancel`` is set, remaining tiles are skipped (the output is then incomplete; the caller knows).
+    ``reuse`` (a batch iterator's :func:`cucim_like.plan.tile_uses`): tiles needed by one batch only are not
+    decoded whole just because the cache has room.
     """
     for box in plan.fills:
         out[box_slices(box)] = fill
@@ -355,7 +366,7 @@ def execute(
         jobs_by_tile[job.tile].append(job)
     tiles = list(jobs_by_tile)
     insert = cache is not None and len(tiles) * level.decoded_tile_nbytes <= cache.memory_capacity // 2
-    state = _Read(path, readers, level, out, cache, file_keys, insert)
+    state = _Read(path, readers, level, out, cache, file_keys, insert, reuse)
     if state.store is not None:
         return _execute_chunks(state, jobs_by_tile, tiles, fill, workers, progress, cancel)
 

@@ -1,0 +1,156 @@
+"""Batch iterators and the tile cache: what a first pass keeps, and the shared-memory cache's tiles decoded in
+place. Pixels are compared with tifffile's decoding of the same JPEG TIFF."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from cucim_like import CuImage
+from cucim_like.executors import native
+from cucim_like.shm_cache import SharedMemoryCache
+from tests.formats import tiff_fixtures as tfx
+
+TILE = (64, 96)  # (h, w): 18432 bytes decoded
+TILE_BYTES = TILE[0] * TILE[1] * 3
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def jpeg_slide(tmp_path_factory):
+    image = tfx.make_image(384, 576, 3, "uint8", seed=11)  # 6 x 6 tiles
+    path = tmp_path_factory.mktemp("batch_cache") / "j.tif"
+    tifffile.imwrite(path, image, tile=TILE, compression="jpeg", photometric="rgb")
+    return path, tifffile.imread(path)
+
+
+def _in_tile(ty: int, tx: int, dy: int = 8, dx: int = 8) -> tuple[int, int]:
+    """(x, y) of a 32 x 32 patch inside tile (ty, tx): it touches that tile only, and only part of it."""
+    return tx * TILE[1] + dx, ty * TILE[0] + dy
+
+
+# batches of two patches; tiles (0, 0) and (1, 1) are needed by two batches each, five others by one
+_LOCATIONS = [_in_tile(0, 0), _in_tile(0, 1), _in_tile(1, 1), _in_tile(2, 2),
+              _in_tile(0, 0, 20, 30), _in_tile(3, 3), _in_tile(1, 1, 16, 40), _in_tile(4, 4), _in_tile(5, 5)]
+
+
+def _read_all(path, locations, batch_size=2):
+    img = CuImage(path)
+    return np.concatenate(list(img.read_region(locations, (32, 32), batch_size=batch_size, num_workers=1)))
+
+
+def _expected(ref, locations):
+    return np.stack([ref[y:y + 32, x:x + 32] for x, y in locations])
+
+
+@pytest.mark.parametrize("kind", ["per_process", "shared_memory"])
+def test_a_first_pass_keeps_only_tiles_a_later_batch_needs_when_not_all_fit(jpeg_slide, kind):
+    path, ref = jpeg_slide
+    cache = CuImage.cache(kind, memory_capacity=5 * TILE_BYTES / MiB)  # 5 of the 7 tiles touched
+    try:
+        np.testing.assert_array_equal(_read_all(path, _LOCATIONS), _expected(ref, _LOCATIONS))
+        assert cache.size == 2  # tiles (0, 0) and (1, 1), kept at their first batch
+        assert cache.hit_count == 2  # and found by their second
+    finally:
+        CuImage.cache("no_cache")
+
+
+@pytest.mark.parametrize("kind", ["per_process", "shared_memory"])
+def test_a_first_pass_keeps_every_tile_when_all_fit(jpeg_slide, kind):
+    path, ref = jpeg_slide
+    cache = CuImage.cache(kind, memory_capacity=8 * TILE_BYTES / MiB)
+    try:
+        first = _read_all(path, _LOCATIONS)
+        assert cache.size == 7 and cache.hit_count == 2
+        again = _read_all(path, _LOCATIONS)  # a second pass: every tile from the cache
+        assert (cache.hit_count, cache.miss_count) == (2 + 9, 7)  # all 9 look-ups of the batches hit
+        np.testing.assert_array_equal(first, _expected(ref, _LOCATIONS))
+        np.testing.assert_array_equal(again, first)
+    finally:
+        CuImage.cache("no_cache")
+
+
+def test_single_reads_keep_partial_tiles_while_the_cache_has_room(jpeg_slide):
+    path, ref = jpeg_slide
+    cache = CuImage.cache("per_process", memory_capacity=5 * TILE_BYTES / MiB)
+    try:
+        img = CuImage(path)
+        for x, y in _LOCATIONS[:3]:  # no future known: kept while there is room, as before
+            np.testing.assert_array_equal(img.read_region((x, y), (32, 32), num_workers=1), ref[y:y + 32, x:x + 32])
+        assert cache.size == 3
+    finally:
+        CuImage.cache("no_cache")
+
+
+def test_shared_memory_tiles_are_decoded_in_place_and_found_again(jpeg_slide):
+    path, ref = jpeg_slide
+    cache = CuImage.cache("shared_memory", memory_capacity=128 * TILE_BYTES / MiB)  # reserves ring space
+    try:
+        img = CuImage(path)
+        assert cache.take_spare((1, *TILE, 3), np.dtype(np.uint8)) is not None
+        first = img.read_region((40, 30), (200, 150), num_workers=1)  # 9 tiles, partly
+        assert cache.size == 9 and len(cache._reserved) == 1  # only the unused reservation above is left
+        again = img.read_region((40, 30), (200, 150), num_workers=1)
+        assert cache.hit_count == 9
+        np.testing.assert_array_equal(first, ref[30:180, 40:240])
+        np.testing.assert_array_equal(again, first)
+        hit = cache.get(cache_key(img, 0))
+        assert hit is not None and not hit.flags.writeable
+        np.testing.assert_array_equal(hit[0], ref[:TILE[0], :TILE[1]])
+    finally:
+        CuImage.cache("no_cache")
+
+
+def cache_key(img: CuImage, tile: int) -> tuple:
+    return (img._file_keys[0], 0, tile)
+
+
+@pytest.mark.parametrize("path_taken", ["native pool", "python"])
+def test_a_reservation_the_ring_came_round_over_is_decoded_again_and_not_indexed(jpeg_slide, monkeypatch,
+                                                                                 path_taken):
+    path, ref = jpeg_slide
+    if path_taken == "python":
+        monkeypatch.setattr(native, "tile_pool", lambda: None)
+    elif native.tile_pool() is None:
+        pytest.skip("the native tile pool is not built here")
+    cache = CuImage.cache("shared_memory", memory_capacity=128 * TILE_BYTES / MiB)
+    try:
+        monkeypatch.setattr(SharedMemoryCache, "intact", lambda self, buf: False)
+        img = CuImage(path)
+        out = img.read_region((40, 30), (200, 150), num_workers=1)
+        np.testing.assert_array_equal(out, ref[30:180, 40:240])
+        assert cache.size == 0
+    finally:
+        CuImage.cache("no_cache")
+
+
+def test_intact_and_put_see_the_ring_come_round():
+    cache = SharedMemoryCache(memory_capacity=80 * TILE_BYTES / MiB)
+    try:
+        shape = (1, *TILE, 3)
+        mine = cache.take_spare(shape, np.dtype(np.uint8))
+        assert mine is not None and mine.flags.writeable and mine.ctypes.data % 64 == 16
+        mine[:] = 7
+        assert cache.intact(mine)
+        for i in range(80):  # others' tiles, copied in: the ring comes round over the reservation
+            cache.put(("other", i), np.full(shape, i, np.uint8))
+        assert not cache.intact(mine)
+        cache.put("mine", mine)
+        assert cache.get("mine") is None
+        fresh = cache.take_spare(shape, np.dtype(np.uint8))
+        fresh[:] = 9
+        cache.put("fresh", fresh)
+        got = cache.get("fresh")
+        assert got is not None and (got == 9).all() and not np.may_share_memory(got, fresh)
+        assert cache.get(("other", 79)) is not None and (cache.get(("other", 79)) == 79).all()
+    finally:
+        cache.close()
+
+
+def test_a_small_ring_reserves_nothing():
+    cache = SharedMemoryCache(memory_capacity=8 * TILE_BYTES / MiB)
+    try:
+        assert cache.take_spare((1, *TILE, 3), np.dtype(np.uint8)) is None
+    finally:
+        cache.close()
