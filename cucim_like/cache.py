@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .memory import return_freed_memory
 
 MiB = 1024 * 1024
 DEFAULT_MEMORY_CAPACITY_MIB = 64
@@ -27,6 +28,9 @@ class CacheType(str, enum.Enum):
 
     def __str__(self) -> str:  # the same on every Python version, as cuCIM prints it
         return f"CacheType.{self.name}"
+
+
+_TRIM_BYTES = 64 * MiB  # clearing at least this much hands freed heap memory back (memory.return_freed_memory)
 
 
 class TileCache:
@@ -97,13 +101,17 @@ class TileCache:
                 self._item_limit = max(self._item_limit, int(capacity))
 
     def clear(self) -> None:
+        """Drop every tile (their memory goes back to the system when it was a lot)."""
         with self._lock:
+            held = self._bytes + sum(arr.nbytes for arr in self._spares)
             self._items.clear()
             self._seen_whole.clear()
             self._seen_part.clear()
             self._spares.clear()
             self._bytes = 0
             self.hit_count = self.miss_count = 0
+        if held >= _TRIM_BYTES:
+            return_freed_memory()
 
     def close(self) -> None:
         """Release what the cache holds (called when another cache replaces it)."""

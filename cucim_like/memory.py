@@ -20,9 +20,11 @@ patch is contiguous, and 2000 224² patches took as long with huge pages.)
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
 import os
+import sys
 import threading
 import time
 import weakref
@@ -229,3 +231,26 @@ def _pool_after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_pool_after_fork_in_child)
+
+
+_malloc_trim: list = []  # [libc.malloc_trim] once resolved, [None] where there is none (not glibc)
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Tiles of a dropped cache are freed into the C heap, which keeps what other allocations pin in place: a
+    process that had a 1 GiB cache kept about 850 MiB resident after replacing it, and each DataLoader worker it
+    forked then copied those page tables (measured: 0.8-1.1 s per 2000-patch run against 0.77-0.93 s after a
+    trim)."""
+    if not _malloc_trim:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None).malloc_trim
+                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+            except (OSError, AttributeError):
+                fn = None
+        _malloc_trim.append(fn)
+    if _malloc_trim[0] is not None:
+        _malloc_trim[0](0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -219,3 +222,41 @@ def test_reads_through_a_small_cache_from_many_threads_stay_exact(small_slide):
     finally:
         CuImage.cache("per_process", memory_capacity=64)
     assert not errors, errors[:5]
+
+
+_RSS_AFTER_REPLACING = r"""
+import threading
+import numpy as np
+from cucim_like import CuImage
+from cucim_like.memory import decode_buffer
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+cache = CuImage.cache("per_process", memory_capacity=256)
+pins = []
+
+def fill(first):  # as decode threads do: tiles from the thread's malloc arena, small blocks that stay between
+    np.empty(300_000, np.uint8)  # freed at once: glibc then serves blocks of this size from its heaps
+    for i in range(first, first + 300):
+        tile = decode_buffer((1, 256, 256, 3), np.uint8)
+        tile[:] = i % 251
+        cache.put(("t", i), tile)
+        pins.append(np.ones(512, np.int64))
+
+threads = [threading.Thread(target=fill, args=(k * 300,)) for k in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+full = rss()
+CuImage.cache("no_cache")
+print(full, rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm; glibc's malloc_trim")
+def test_replacing_a_full_cache_hands_its_memory_back():
+    out = subprocess.run([sys.executable, "-c", _RSS_AFTER_REPLACING], capture_output=True, text=True, check=True)
+    full, after = (int(v) for v in out.stdout.split())
+    assert full - after > 80 * 2**20, (full, after)  # most of the ~110 MiB of tiles left the process
