@@ -70,7 +70,7 @@ def dataset_classes():
             mine = self._batches()[worker::workers]
             img = CuImage(self.path)
             for batch in img.read_region(self.locations[np.concatenate(mine)], self.size, self.level,
-                                         batch_size=self.batch_size, num_workers=self.num_threads,
+                                         batch_size=self.batch_size, num_workers=self.threads(workers),
                                          prefetch_factor=self.prefetch_factor):
                 yield torch.from_numpy(batch)
 

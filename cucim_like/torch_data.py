@@ -34,6 +34,7 @@ import numpy as np
 from .arguments import parse_locations
 from .cuimage import CuImage
 from .errors import CucimLikeError, InvalidArgumentError, OptionalDependencyError
+from .executors.pool import default_workers
 
 try:
     import torch
@@ -77,8 +78,10 @@ class PatchBatches(IterableDataset):
     last one shorter unless ``drop_last``. ``locations`` are level-0 (x, y) pixel coordinates (any integer
     sequence or array, N x 2); ``size`` is (w, h). The batches are split between the DataLoader's workers
     (worker ``i`` of ``n`` reads batches ``i, i + n, ...``); each worker opens the image itself and decodes its
-    batches with ``num_threads`` threads, ``prefetch_factor`` batches ahead. ``shuffle`` orders the patches by
-    ``seed``: set ``dataset.seed`` before an epoch for a new order (workers that persist keep theirs).
+    batches with ``num_threads`` threads (by default the CPUs this process may use, shared out between the
+    workers: one thread each for 2 workers on 2 cores), ``prefetch_factor`` batches ahead. ``shuffle`` orders
+    the patches by ``seed``: set ``dataset.seed`` before an epoch for a new order (workers that persist keep
+    theirs).
     ``slots`` is the number of batch-sized shared-memory slots per worker process (memory: ``slots`` x one
     batch per worker, for the worker's life; the main process unmaps a finished worker's segment once its
     batches are gone).
@@ -92,7 +95,7 @@ class PatchBatches(IterableDataset):
 
     def __init__(self, path: str | os.PathLike, locations: object, size: tuple[int, int], level: int = 0,
                  batch_size: int = 64, *, drop_last: bool = False, shuffle: bool = False, seed: int = 0,
-                 num_threads: int = 2, prefetch_factor: int = 2, slots: int = 4) -> None:
+                 num_threads: int | None = None, prefetch_factor: int = 2, slots: int = 4) -> None:
         super().__init__()
         if not isinstance(slots, (int, np.integer)) or isinstance(slots, bool) or slots < 1:
             raise InvalidArgumentError(f"slots must be an integer of at least 1, got {slots!r}")
@@ -102,7 +105,8 @@ class PatchBatches(IterableDataset):
         # The batch iterator checks every argument and decodes nothing until iterated (one location in batches
         # of one would be read at once: checked as a batch of two).
         with CuImage(self.path) as img:
-            img.read_region(self.locations, size, level, num_workers=num_threads, prefetch_factor=prefetch_factor,
+            img.read_region(self.locations, size, level, num_workers=1 if num_threads is None else num_threads,
+                            prefetch_factor=prefetch_factor,
                             batch_size=2 if len(self.locations) == 1 and batch_size == 1 else batch_size,
                             drop_last=drop_last)
             channels, self._dtype = int(img.shape[-1]), np.dtype(img.dtype)  # a slide's batches: (B, h, w, c)
@@ -110,11 +114,19 @@ class PatchBatches(IterableDataset):
         self._patch = (self.size[1], self.size[0], channels)
         self.level, self.batch_size, self.drop_last = int(level), int(batch_size), bool(drop_last)
         self.shuffle, self.seed = bool(shuffle), int(seed)
-        self.num_threads, self.prefetch_factor, self.slots = int(num_threads), int(prefetch_factor), int(slots)
+        self.num_threads = None if num_threads is None else int(num_threads)
+        self.prefetch_factor, self.slots = int(prefetch_factor), int(slots)
 
     def __len__(self) -> int:
         n = len(self.locations)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def threads(self, workers: int) -> int:
+        """Decode threads for each of ``workers`` processes: ``num_threads``, or the CPUs this process may use
+        shared out between them (measured, 2 workers on 2 cores, 2000 patches, 256 MiB shared cache: 0.785 s
+        with one thread each against 0.826 s with two; two batches decoded at once in each worker make the
+        first batch wait twice as long)."""
+        return self.num_threads if self.num_threads is not None else max(1, default_workers() // max(1, workers))
 
     def _batches(self) -> list[np.ndarray]:
         """Indices into ``locations`` of every batch, in order."""
@@ -137,7 +149,7 @@ class PatchBatches(IterableDataset):
                 if slots is not None:
                     claim = functools.partial(slots.claim, patch=self._patch, dtype=self._dtype)
             batches = img.read_region(starts, self.size, self.level, batch_size=self.batch_size,
-                                      num_workers=self.num_threads, prefetch_factor=self.prefetch_factor,
+                                      num_workers=self.threads(workers), prefetch_factor=self.prefetch_factor,
                                       buf=claim)  # decoded straight into a free slot when there is one
             if isinstance(batches, np.ndarray):  # one location, batches of one, no slots: read as one patch
                 batches = (batches[np.newaxis],)

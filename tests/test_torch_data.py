@@ -246,3 +246,11 @@ def test_arguments_are_checked_in_the_calling_process(small_slide, kwargs):
     args = {"locations": _locations(4), "size": SIZE, **kwargs}
     with pytest.raises(cucim_like.InvalidArgumentError):
         PatchBatches(path, args.pop("locations"), args.pop("size"), **args)
+
+
+def test_worker_threads_share_out_the_cpus_unless_given(small_slide, monkeypatch):
+    path, _ = small_slide
+    monkeypatch.setattr(torch_data, "default_workers", lambda: 8)
+    auto = PatchBatches(path, _locations(4), SIZE)
+    assert [auto.threads(n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    assert PatchBatches(path, _locations(4), SIZE, num_threads=3).threads(2) == 3
