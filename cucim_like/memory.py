@@ -21,6 +21,7 @@ patch is contiguous, and 2000 224² patches took as long with huge pages.)
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import mmap
 import os
@@ -29,6 +30,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -233,7 +235,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_pool_after_fork_in_child)
 
 
-_malloc_trim: list = []  # [libc.malloc_trim] once resolved, [None] where there is none (not glibc)
+@functools.cache
+def libc_function(name: str, argtypes: tuple, restype: object) -> Callable | None:
+    """The C library's function ``name`` with its ctypes signature set, resolved once; None off Linux or where
+    the library has no such function."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = list(argtypes), restype
+    return fn
 
 
 def return_freed_memory() -> None:
@@ -243,14 +256,6 @@ def return_freed_memory() -> None:
     process that had a 1 GiB cache kept about 850 MiB resident after replacing it, and each DataLoader worker it
     forked then copied those page tables (measured: 0.8-1.1 s per 2000-patch run against 0.77-0.93 s after a
     trim)."""
-    if not _malloc_trim:
-        fn = None
-        if sys.platform.startswith("linux"):
-            try:
-                fn = ctypes.CDLL(None).malloc_trim
-                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-            except (OSError, AttributeError):
-                fn = None
-        _malloc_trim.append(fn)
-    if _malloc_trim[0] is not None:
-        _malloc_trim[0](0)
+    trim = libc_function("malloc_trim", (ctypes.c_size_t,), ctypes.c_int)
+    if trim is not None:
+        trim(0)

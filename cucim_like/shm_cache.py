@@ -21,7 +21,6 @@ import hashlib
 import math
 import mmap
 import os
-import sys
 import threading
 import warnings
 import weakref
@@ -33,7 +32,7 @@ import numpy as np
 
 from .cache import CacheType, MiB, TileCache
 from .errors import InvalidArgumentError
-from .memory import decode_skip
+from .memory import decode_skip, libc_function
 
 ENV = "CUCIM_LIKE_SHM_CACHE"
 _MAGIC = 0x4C4D484D4943_5543  # arbitrary tag
@@ -452,29 +451,19 @@ def _allocate_index(shm: shared_memory.SharedMemory, nbytes: int, ring: int) -> 
                       f"cache: tiles that find no room are not cached", RuntimeWarning, stacklevel=5)
 
 
-_madvise: list = []  # [libc.madvise] once resolved, [None] where it is unavailable
 _MADV_POPULATE_WRITE = 23  # Linux 5.14+
+_populate_refused = [False]  # an older kernel said no: stop asking
 
 
 def _populate(address: int, length: int) -> None:
     """Map ``length`` bytes at ``address`` (inside a shared mapping) into this process in one system call;
     best effort: where the kernel refuses, pages fault in on first use."""
-    if not _madvise:
-        fn = None
-        if sys.platform.startswith("linux"):
-            try:
-                fn = ctypes.CDLL(None, use_errno=True).madvise
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-                fn.restype = ctypes.c_int
-            except (OSError, AttributeError):
-                fn = None
-        _madvise.append(fn)
-    fn = _madvise[0]
-    if fn is None:
+    madvise = libc_function("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int)
+    if madvise is None or _populate_refused[0]:
         return
     lo = address - address % mmap.PAGESIZE  # the ring starts inside the mapping, after the index
-    if fn(lo, address + length - lo, _MADV_POPULATE_WRITE) != 0:
-        _madvise[0] = None  # an older kernel: stop asking
+    if madvise(lo, address + length - lo, _MADV_POPULATE_WRITE) != 0:
+        _populate_refused[0] = True
 
 
 def _untrack(shm: shared_memory.SharedMemory) -> None:
