@@ -30,6 +30,19 @@ class CacheType(str, enum.Enum):
         return f"CacheType.{self.name}"
 
 
+class TilePart:
+    """A kept part of a 2-D tile: ``arr`` (1, h, w, samples) holds the tile's rows ``origin[0]`` onwards and
+    columns ``origin[1]`` onwards (what a batch iterator's patches need of it, see
+    :class:`cucim_like.plan.TileUses`)."""
+
+    __slots__ = ("arr", "nbytes", "origin")
+
+    def __init__(self, arr: np.ndarray, origin: tuple[int, int]) -> None:
+        self.arr, self.origin, self.nbytes = arr, (int(origin[0]), int(origin[1])), int(arr.nbytes)
+
+
+WHOLE = (0, 0)  # the origin of a whole tile
+
 _TRIM_BYTES = 64 * MiB  # clearing at least this much hands freed heap memory back (memory.return_freed_memory)
 
 
@@ -127,7 +140,8 @@ class TileCache:
                 f"{self.memory_capacity / MiB:.0f} MiB, hits={self.hit_count} misses={self.miss_count}>")
 
     # -- engine side -----------------------------------------------------------------------------------------
-    def get(self, key: Hashable) -> np.ndarray | None:
+    def get(self, key: Hashable) -> np.ndarray | TilePart | None:
+        """The tile under ``key`` (a :class:`TilePart` where only a part was kept), or None."""
         with self._lock:
             arr = self._items.get(key)
             if arr is not None:
@@ -139,35 +153,53 @@ class TileCache:
                     self.hit_count += 1
             return arr
 
-    def get_many(self, keys: Sequence[Hashable]) -> list[np.ndarray | None]:
+    def get_many(self, keys: Sequence[Hashable]) -> list[np.ndarray | TilePart | None]:
         """:meth:`get` for each of ``keys``, in order (one lock, or one look-up pass, for all)."""
         return [self.get(key) for key in keys]
 
-    def use_many(self, keys: Sequence[Hashable], use: Callable[[int, np.ndarray], None]) -> list[bool]:
-        """Call ``use(i, tile)`` for each ``keys[i]`` the cache holds; returns which were found. ``tile`` is
-        read-only and valid only during the call (a shared-memory cache hands a view of its memory)."""
+    def use_many(self, keys: Sequence[Hashable], use: Callable[[int, np.ndarray, tuple[int, int]], bool]
+                 ) -> list[bool]:
+        """Call ``use(i, tile, origin)`` for each ``keys[i]`` the cache holds: ``tile`` is the tile, or the part
+        of it kept (rows from ``origin[0]``, columns from ``origin[1]``; (0, 0) for a whole tile), read-only
+        and valid only during the call (a shared-memory cache hands a view of its memory). ``use`` returns
+        whether it could use it (a part may lack what the read needs: a miss). Returns which were used."""
         found = []
-        for i, tile in enumerate(self.get_many(keys)):
-            if tile is not None:
-                use(i, tile)
-            found.append(tile is not None)
+        record = self._record
+        for i, key in enumerate(keys):
+            with self._lock:
+                entry = self._items.get(key)
+                if entry is not None:
+                    self._items.move_to_end(key)
+            used = False
+            if entry is not None:
+                used = bool(use(i, entry.arr, entry.origin) if type(entry) is TilePart else use(i, entry, WHOLE))
+            if record:
+                with self._lock:
+                    if used:
+                        self.hit_count += 1
+                    else:
+                        self.miss_count += 1
+            found.append(used)
         return found
 
-    def put_many(self, items: Sequence[tuple[Hashable, np.ndarray]]) -> None:
-        """:meth:`put` for each (key, tile) of ``items``."""
-        for key, arr in items:
-            self.put(key, arr)
+    def put_many(self, items: Sequence[tuple[Hashable, np.ndarray, tuple[int, int]]]) -> None:
+        """:meth:`put` for each (key, tile, origin) of ``items``."""
+        for key, arr, origin in items:
+            self.put(key, arr, origin)
 
-    def put(self, key: Hashable, arr: np.ndarray) -> None:
+    def put(self, key: Hashable, arr: np.ndarray, origin: tuple[int, int] = WHOLE) -> None:
+        """Keep ``arr``: a decoded tile, or (a 2-D tile's) part of it from row ``origin[0]`` and column
+        ``origin[1]`` on when ``origin`` is given (see :meth:`use_many`)."""
         nbytes = arr.nbytes
         if nbytes > self.memory_capacity or self._item_limit == 0:
             return
         self._freeze(arr)
+        entry = arr if origin is WHOLE else TilePart(arr, origin)
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
-            self._items[key] = arr
+            self._items[key] = entry
             self._bytes += nbytes
             limit = self._item_limit
             while self._bytes > self.memory_capacity or (limit is not None and len(self._items) > limit):
@@ -264,9 +296,10 @@ _UNSHARED = _refcounts_of_an_unshared_tile()
 def _is_decode_buffer(tile: np.ndarray) -> bool:
     """Whether ``tile`` is a view of memory NumPy allocated for a decode (memory.decode_buffer: a 1-D uint8
     owner), not of a caller's memory, a map or a copy (those are never reused)."""
+    if type(tile) is not np.ndarray:  # a TilePart, or another kind of entry
+        return False
     owner = tile.base
-    return (type(tile) is np.ndarray and type(owner) is np.ndarray and owner.flags.owndata and owner.ndim == 1
-            and owner.dtype == np.uint8)
+    return type(owner) is np.ndarray and owner.flags.owndata and owner.ndim == 1 and owner.dtype == np.uint8
 
 
 class NoCache(TileCache):
@@ -277,7 +310,7 @@ class NoCache(TileCache):
     def __init__(self, memory_capacity: float = 0, capacity: int | None = 0, record_stat: bool = True) -> None:
         super().__init__(0, 0, record_stat)
 
-    def put(self, key: Hashable, arr: np.ndarray) -> None:
+    def put(self, key: Hashable, arr: np.ndarray, origin: tuple[int, int] = WHOLE) -> None:
         return None
 
 

@@ -352,7 +352,8 @@ class CuImage:
         if buf is not None and not callable(buf):
             check_buf(buf, b)
 
-        uses = BatchTileUses(lvl, starts, extent, b)
+        uses = BatchTileUses(lvl, starts, extent, b,
+                             lambda more: self._level_starts(args.parse_locations(more, nd)[0], lvl))
 
         def run_batch(batch_starts: np.ndarray, out_buf: np.ndarray | Callable | None, cancel, batch_workers: int
                       ) -> np.ndarray:
@@ -382,6 +383,7 @@ class CuImage:
         batches = BatchIterator(starts, b, bool(drop_last), prefetch, bool(shuffle), args.as_int(seed, "seed"),
                                 run_batch, buf, workers)
         uses.order = batches.order
+        batches.tile_uses = uses
         return batches
 
     def _timepoint_levels(self, levels: list[Level], t: Any) -> list[Level]:

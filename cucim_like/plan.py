@@ -218,15 +218,24 @@ _USES_CHUNK = 1 << 20
 _USES_MAX_TILES = 1 << 22
 
 
-def tile_uses(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.ndarray, size: Sequence[int],
-              batch_size: int) -> np.ndarray | None:
-    """How many batches touch each tile of one plane of a level: int64 (tiles per plane,), indexed as plan
-    jobs number a plane's tiles (``job.tile % len(counts)``).
+@dataclass(frozen=True)
+class TileUses:
+    """What a batch iterator's regions need of the tiles of one plane of a level (tiles numbered as plan jobs
+    number a plane's tiles: ``job.tile % len(counts)``).
 
-    ``starts``: (n, 3) int (z, y, x) of same-size regions ``size`` (d, h, w), in delivery order; regions
-    ``[i * batch_size, (i + 1) * batch_size)`` form batch i, and a tile touched by several regions of one
-    batch counts once (the batch decodes it once). None for levels of more than ``_USES_MAX_TILES`` tiles.
-    """
+    ``counts``: int64 (tiles per plane,), how many batches touch each tile (a batch counts once).
+    ``boxes``: for each tile more than one batch touches, the smallest box holding all that the regions need
+    of it, as ((z0, z1), (y0, y1), (x0, x1)) in tile coordinates: what is worth keeping of that tile."""
+
+    counts: np.ndarray
+    boxes: dict[int, tuple[tuple[int, int], ...]]
+
+
+def tile_uses(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.ndarray, size: Sequence[int],
+              batch_size: int) -> TileUses | None:
+    """:class:`TileUses` of same-size regions ``size`` (d, h, w) at ``starts`` ((n, 3) int (z, y, x), in
+    delivery order; regions ``[i * batch_size, (i + 1) * batch_size)`` form batch i). None for levels of more
+    than ``_USES_MAX_TILES`` tiles per plane."""
     extent = np.array([int(v) for v in level_shape[:3]], np.int64)
     tile = np.array([int(v) for v in tile_shape[:3]], np.int64)
     grid = -(-extent // tile)
@@ -240,8 +249,10 @@ def tile_uses(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.
     per_region = len(offsets)
     b = max(1, int(batch_size))
     chunk = b * max(1, _USES_CHUNK // (per_region * b))  # whole batches per chunk
-    counts = np.zeros(n_tiles, np.int64)
-    for i in range(0, len(starts), chunk):
+
+    def pairs(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(batch, flat tile, part start, part stop) of the (region, tile) pairs of regions [i, i + chunk):
+        the part of the tile the region needs, in tile coordinates (z, y, x)."""
         part = starts[i:i + chunk]
         lo = np.clip(part, 0, extent)
         hi = np.clip(part + span, 0, extent)
@@ -249,7 +260,27 @@ def tile_uses(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.
         t = first[:, None, :] + offsets[None, :, :]  # (regions, per_region, 3)
         inside = np.all((t <= last[:, None, :]) & (hi > lo)[:, None, :], axis=2)
         flat = (t[..., 0] * grid[1] + t[..., 1]) * grid[2] + t[..., 2]
-        batch = (np.arange(i, i + len(part)) // b)[:, None]
-        keys = np.unique((batch * n_tiles + flat)[inside])  # one per (batch, tile)
+        batch = np.broadcast_to((np.arange(i, i + len(part)) // b)[:, None], flat.shape)
+        origin = t * tile
+        p0 = np.maximum(lo[:, None, :], origin) - origin
+        p1 = np.minimum(hi[:, None, :], origin + tile) - origin
+        return batch[inside], flat[inside], p0[inside], p1[inside]
+
+    counts = np.zeros(n_tiles, np.int64)
+    for i in range(0, len(starts), chunk):
+        batch, flat, _, _ = pairs(i)
+        keys = np.unique(batch * n_tiles + flat)  # one per (batch, tile)
         counts += np.bincount(keys % n_tiles, minlength=n_tiles)
-    return counts
+    multi = np.flatnonzero(counts > 1)
+    lo_box = np.full((len(multi), 3), np.iinfo(np.int64).max)
+    hi_box = np.zeros((len(multi), 3), np.int64)
+    if len(multi):
+        for i in range(0, len(starts), chunk):
+            _, flat, p0, p1 = pairs(i)
+            where = np.searchsorted(multi, flat)
+            keep = (where < len(multi)) & (multi[np.minimum(where, len(multi) - 1)] == flat)
+            np.minimum.at(lo_box, where[keep], p0[keep])
+            np.maximum.at(hi_box, where[keep], p1[keep])
+    boxes = {tile_id: tuple(zip(lo, hi, strict=True))
+             for tile_id, lo, hi in zip(multi.tolist(), lo_box.tolist(), hi_box.tolist(), strict=True)}
+    return TileUses(counts, boxes)

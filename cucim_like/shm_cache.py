@@ -30,7 +30,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from .cache import CacheType, MiB, TileCache
+from .cache import WHOLE, CacheType, MiB, TileCache, TilePart
 from .errors import InvalidArgumentError
 from .memory import decode_skip, libc_function
 
@@ -39,6 +39,8 @@ _MAGIC = 0x4C4D484D4943_5543  # arbitrary tag
 _HEADER = 4096
 _ENTRY = np.dtype([("digest", "V16"), ("pos", "<i8"), ("nbytes", "<i8"), ("shape", "<i4", (4,)),
                    ("dtype", "S8"), ("used", "<i8")])  # 64 bytes
+# ``used`` is 0 for a free slot, else 1 | row << 1 | column << 32: the origin in the tile of a kept part
+# (cache.TilePart), (0, 0) for a whole tile
 _PROBES = 16
 _MIN_TILE = 16 * 1024
 # header fields (int64 each): magic, ring capacity, buckets, head, hits, misses, record
@@ -245,21 +247,24 @@ class SharedMemoryCache(TileCache):
     def get(self, key: Hashable) -> np.ndarray | None:
         return self.get_many([key])[0]
 
-    def get_many(self, keys: Sequence[Hashable]) -> list[np.ndarray | None]:
-        """Copies (read-only) of the tiles under ``keys``, None where missing: one lock and one vectorised
-        probe of the index for all of them."""
-        out: list[np.ndarray | None] = [None] * len(keys)
+    def get_many(self, keys: Sequence[Hashable]) -> list[np.ndarray | TilePart | None]:
+        """Copies (read-only) of the tiles under ``keys`` (a :class:`cucim_like.cache.TilePart` where a part was
+        kept), None where missing: one lock and one vectorised probe of the index for all of them."""
+        out: list[np.ndarray | TilePart | None] = [None] * len(keys)
 
-        def copy(i: int, tile: np.ndarray) -> None:
-            out[i] = tile.copy()
-            out[i].flags.writeable = False
+        def copy(i: int, tile: np.ndarray, origin: tuple[int, int]) -> bool:
+            arr = tile.copy()
+            arr.flags.writeable = False
+            out[i] = arr if origin == WHOLE else TilePart(arr, origin)
+            return True
 
         self.use_many(keys, copy)
         return out
 
-    def use_many(self, keys: Sequence[Hashable], use: Callable[[int, np.ndarray], None]) -> list[bool]:
-        """Call ``use(i, tile)`` for each ``keys[i]`` the cache holds, under the lock, with ``tile`` a read-only
-        view of the ring (so a read copies only the part it needs, once); returns which were found."""
+    def use_many(self, keys: Sequence[Hashable], use: Callable[[int, np.ndarray, tuple[int, int]], bool]
+                 ) -> list[bool]:
+        """:meth:`cucim_like.cache.TileCache.use_many` under the lock, with ``tile`` a read-only view of the
+        ring (so a read copies only the part it needs, once)."""
         found = [False] * len(keys)
         if not keys:
             return found
@@ -284,34 +289,37 @@ class SharedMemoryCache(TileCache):
                 dtype = np.dtype(entry[_W_DTYPE:_W_DTYPE + 1].tobytes().rstrip(b"\0").decode())
                 tile = self._ring[start:start + n].view(dtype).reshape(shape)
                 tile.flags.writeable = False
-                use(i, tile)
-                found[i] = True
-                hits += 1
+                used = int(entry[_W_USED])
+                if use(i, tile, ((used >> 1) & 0x7FFFFFFF, used >> 32)):
+                    found[i] = True
+                    hits += 1
             if self._header[_H_RECORD]:
                 self._header[_H_HITS] += hits
                 self._header[_H_MISSES] += len(keys) - hits
         return found
 
-    def put(self, key: Hashable, arr: np.ndarray) -> None:
-        self.put_many([(key, arr)])
+    def put(self, key: Hashable, arr: np.ndarray, origin: tuple[int, int] = WHOLE) -> None:
+        self.put_many([(key, arr, origin)])
 
-    def put_many(self, items: Sequence[tuple[Hashable, np.ndarray]]) -> None:
-        """Copy each (key, tile) of ``items`` into the ring under one lock; tiles larger than the ring, of more
-        than 4 dimensions, or landing where /dev/shm has no room are not kept."""
+    def put_many(self, items: Sequence[tuple[Hashable, np.ndarray, tuple[int, int]]]) -> None:
+        """Copy each (key, tile, origin) of ``items`` into the ring under one lock (a tile decoded where
+        :meth:`take_spare` reserved is indexed there); tiles larger than the ring, of more than 4 dimensions,
+        or landing where /dev/shm has no room are not kept."""
         todo = []
-        for key, arr in items:
-            if arr.nbytes <= self.memory_capacity and arr.ndim <= 4:
+        for key, arr, (row, col) in items:
+            if arr.nbytes <= self.memory_capacity and arr.ndim <= 4 and 0 <= row < 1 << 31 and 0 <= col < 1 << 31:
                 shape = np.zeros(4, np.int32)
                 shape[: arr.ndim] = arr.shape
                 with self._lock:
                     pos = self._reserved.pop(arr.ctypes.data, None) if arr.flags.c_contiguous else None
                 data = None if pos is not None else np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-                todo.append((_digest(key), pos, data, arr.nbytes, shape, arr.dtype.str.encode()))
+                todo.append((_digest(key), pos, data, arr.nbytes, shape, arr.dtype.str.encode(),
+                             1 | row << 1 | col << 32))
         if not todo:
             return
         with self._locked():
             head = int(self._header[_H_HEAD])
-            for digest, pos, data, n, shape, dtype in todo:
+            for digest, pos, data, n, shape, dtype, used in todo:
                 if pos is None:
                     pos = self._claim(n)
                     if pos is None:
@@ -320,7 +328,7 @@ class SharedMemoryCache(TileCache):
                     self._ring[start:start + n] = data
                 elif pos + self.memory_capacity < head:
                     continue  # decoded where it was reserved, but the ring has come round over it since
-                self._index_entry(digest, pos, n, shape, dtype)
+                self._index_entry(digest, pos, n, shape, dtype, used)
 
     def _claim(self, n: int) -> int | None:
         """Move the write position on by ``n`` bytes (under the lock): the ring position of the claimed bytes,
@@ -334,8 +342,9 @@ class SharedMemoryCache(TileCache):
         self._header[_H_HEAD] = pos + n
         return pos
 
-    def _index_entry(self, digest: bytes, pos: int, n: int, shape: np.ndarray, dtype: bytes) -> None:
-        """Index ``n`` ring bytes at ring position ``pos`` under ``digest`` (under the lock)."""
+    def _index_entry(self, digest: bytes, pos: int, n: int, shape: np.ndarray, dtype: bytes, used: int) -> None:
+        """Index ``n`` ring bytes at ring position ``pos`` under ``digest`` (under the lock); ``used`` as the
+        entry's field (its origin)."""
         slots = self._slots(digest)
         target = None
         oldest, oldest_pos = slots[0], None
@@ -350,7 +359,7 @@ class SharedMemoryCache(TileCache):
             if oldest_pos is None or entry["pos"] < oldest_pos:
                 oldest, oldest_pos = slot, int(entry["pos"])
         slot = oldest if target is None else target
-        self._index[slot] = (digest, pos, n, shape, dtype, 1)
+        self._index[slot] = (digest, pos, n, shape, dtype, used)
 
     def _ready(self, start: int, stop: int) -> bool:
         """Whether ring bytes [start, stop) are allocated in /dev/shm and mapped into this process, making

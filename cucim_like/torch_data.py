@@ -82,6 +82,9 @@ class PatchBatches(IterableDataset):
     workers: one thread each for 2 workers on 2 cores), ``prefetch_factor`` batches ahead. ``shuffle`` orders
     the patches by ``seed``: set ``dataset.seed`` before an epoch for a new order (workers that persist keep
     theirs).
+    With several workers, each one's batch iterator is told every worker's patches
+    (:meth:`cucim_like.batch.BatchTileUses.share`): the part of a tile it keeps in a shared-memory cache then
+    holds what the other workers' patches need of it too.
     ``slots`` is the number of batch-sized shared-memory slots per worker process (memory: ``slots`` x one
     batch per worker, for the worker's life; the main process unmaps a finished worker's segment once its
     batches are gone).
@@ -137,7 +140,8 @@ class PatchBatches(IterableDataset):
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        mine = self._batches()[worker::workers]
+        every = self._batches()
+        mine = every[worker::workers]
         if not mine:
             return
         img = CuImage(self.path)  # opened in the worker: its file handles and threads are its own
@@ -153,6 +157,8 @@ class PatchBatches(IterableDataset):
                                       buf=claim)  # decoded straight into a free slot when there is one
             if isinstance(batches, np.ndarray):  # one location, batches of one, no slots: read as one patch
                 batches = (batches[np.newaxis],)
+            elif workers > 1 and batches.tile_uses is not None:  # the workers share one tile cache
+                batches.tile_uses.share(self.locations[np.concatenate(every)])
             for batch in batches:
                 handed = slots.hand_over(batch) if slots is not None else None
                 yield handed if handed is not None else torch.from_numpy(batch)

@@ -8,6 +8,7 @@ import pytest
 import tifffile
 
 from cucim_like import CuImage
+from cucim_like.cache import TilePart
 from cucim_like.executors import native
 from cucim_like.shm_cache import SharedMemoryCache
 from tests.formats import tiff_fixtures as tfx
@@ -52,6 +53,41 @@ def test_a_first_pass_keeps_only_tiles_a_later_batch_needs_when_not_all_fit(jpeg
         np.testing.assert_array_equal(_read_all(path, _LOCATIONS), _expected(ref, _LOCATIONS))
         assert cache.size == 2  # tiles (0, 0) and (1, 1), kept at their first batch
         assert cache.hit_count == 2  # and found by their second
+    finally:
+        CuImage.cache("no_cache")
+
+
+@pytest.mark.parametrize("path_taken", ["native pool", "python"])
+@pytest.mark.parametrize("kind", ["per_process", "shared_memory"])
+def test_of_a_tile_a_later_batch_needs_only_the_part_the_patches_need_is_kept(jpeg_slide, kind, path_taken,
+                                                                              monkeypatch):
+    path, ref = jpeg_slide
+    if path_taken == "python":
+        monkeypatch.setattr(native, "tile_pool", lambda: None)
+    elif native.tile_pool() is None:
+        pytest.skip("the native tile pool is not built here")
+    cache = CuImage.cache(kind, memory_capacity=5 * TILE_BYTES / MiB)  # 5 of the 7 tiles touched
+    try:
+        first = _read_all(path, _LOCATIONS)
+        # tile (0, 0): patches at rows 8-40 x columns 8-40 and rows 20-52 x columns 30-62 of it; tile (1, 1):
+        # rows 8-40 x columns 8-40 and rows 16-48 x columns 40-72
+        assert cache.size == 2 and cache.memory_size == (44 * 54 + 40 * 64) * 3
+        img = CuImage(path)
+        part = cache.get(cache_key(img, 0))
+        assert isinstance(part, TilePart) and part.origin == (8, 8) and part.arr.shape == (1, 44, 54, 3)
+        np.testing.assert_array_equal(part.arr[0], ref[8:52, 8:62])
+        part = cache.get(cache_key(img, 7))  # tile (1, 1) of a 6-tile-wide grid
+        assert isinstance(part, TilePart) and part.origin == (8, 8)
+        np.testing.assert_array_equal(part.arr[0], ref[TILE[0] + 8:TILE[0] + 48, TILE[1] + 8:TILE[1] + 72])
+        hits = cache.hit_count
+        again = _read_all(path, _LOCATIONS)  # the same patches again: both parts serve all four of theirs
+        assert cache.hit_count == hits + 4
+        np.testing.assert_array_equal(first, _expected(ref, _LOCATIONS))
+        np.testing.assert_array_equal(again, first)
+        misses = cache.miss_count
+        out = img.read_region((0, 0), (32, 32), num_workers=1)  # rows 0-32 of tile (0, 0): not in its part
+        np.testing.assert_array_equal(out, ref[:32, :32])
+        assert cache.miss_count == misses + 1
     finally:
         CuImage.cache("no_cache")
 
@@ -154,3 +190,33 @@ def test_a_small_ring_reserves_nothing():
         assert cache.take_spare((1, *TILE, 3), np.dtype(np.uint8)) is None
     finally:
         cache.close()
+
+
+def test_the_part_kept_holds_what_the_patches_of_every_sharing_process_need(jpeg_slide):
+    path, ref = jpeg_slide
+    p1, p2, p3 = _in_tile(0, 0), _in_tile(0, 0, 30, 60), _in_tile(0, 0, 20, 30)
+    o = [_in_tile(2, 2), _in_tile(3, 3), _in_tile(4, 4), _in_tile(5, 5), _in_tile(1, 4), _in_tile(2, 5),
+         _in_tile(5, 1)]
+    everyone = [p1, o[0], p2, o[1], p3, o[2], o[3], o[4], o[5], o[6]]  # batches of two
+    mine = everyone[:2] + everyone[4:6] + everyone[8:]  # this process reads batches 0, 2 and 4
+    cache = CuImage.cache("per_process", memory_capacity=4 * TILE_BYTES / MiB)  # less than the 5 tiles touched
+    try:
+        img = CuImage(path)
+        alone = np.concatenate(list(img.read_region(mine, (32, 32), batch_size=2, num_workers=1)))
+        part = cache.get(cache_key(img, 0))
+        assert part.origin == (8, 8) and part.arr.shape == (1, 44, 54, 3)  # p1 and p3: rows 8-52, columns 8-62
+        cache.clear()
+        batches = img.read_region(mine, (32, 32), batch_size=2, num_workers=1)
+        batches.tile_uses.share(everyone)
+        shared = np.concatenate(list(batches))
+        part = cache.get(cache_key(img, 0))
+        assert part.origin == (8, 8) and part.arr.shape == (1, 54, 84, 3)  # and p2's rows 30-62, columns 60-92
+        np.testing.assert_array_equal(part.arr[0], ref[8:62, 8:92])
+        hits = cache.hit_count
+        theirs = img.read_region(p2, (32, 32), num_workers=1)  # what another process would read: from the part
+        assert cache.hit_count == hits + 1
+        np.testing.assert_array_equal(alone, _expected(ref, mine))
+        np.testing.assert_array_equal(shared, alone)
+        np.testing.assert_array_equal(theirs, ref[p2[1]:p2[1] + 32, p2[0]:p2[0] + 32])
+    finally:
+        CuImage.cache("no_cache")

@@ -144,17 +144,27 @@ def test_batch_shares_tiles_between_regions():
 @given(regions(), st.integers(1, 30), st.integers(1, 6), st.integers(0, 2**32 - 1))
 @settings(max_examples=150, deadline=None)
 def test_tile_uses_counts_the_batches_that_plan_each_tile(region, n, batch_size, seed):
-    """Per tile of a plane, the number of batches whose plan has a job on it (a batch counts once)."""
+    """Per tile of a plane, the number of batches whose plan has a job on it (a batch counts once), and for
+    the tiles of more than one batch the bounding box of the jobs' source boxes over all batches."""
     level_shape, tile_shape, planes, _, size = region
     rng = np.random.default_rng(seed)
     starts = np.stack([rng.integers(-s - 3, e + 3, n) for s, e in zip(size, level_shape[:3], strict=True)], 1)
-    counts = tile_uses(level_shape, tile_shape, starts, size, batch_size)
+    uses = tile_uses(level_shape, tile_shape, starts, size, batch_size)
+    counts = uses.counts
     expected = np.zeros_like(counts)
+    spans: dict[int, list[list[int]]] = {}
     for i in range(0, n, batch_size):
         plan = plan_batch(level_shape, tile_shape, planes, starts[i:i + batch_size].tolist(), size)
         for tile in {job.tile % len(counts) for job in plan.jobs}:
             expected[tile] += 1
+        for job in plan.jobs:
+            span = spans.setdefault(job.tile % len(counts), [[1 << 30, 0] for _ in range(3)])
+            for axis, (a, b) in enumerate(job.src[:3]):
+                span[axis] = [min(span[axis][0], a), max(span[axis][1], b)]
     np.testing.assert_array_equal(counts, expected)
+    assert set(uses.boxes) == {int(t) for t in np.flatnonzero(expected > 1)}
+    for tile, box in uses.boxes.items():
+        assert box == tuple(tuple(v) for v in spans[tile])
 
 
 def test_tile_uses_declines_levels_with_too_many_tiles():

@@ -133,7 +133,7 @@ def test_forked_workers_with_threads_do_not_deadlock(small_slide):
 def test_get_many_finds_each_key_once_and_counts(small_slide):
     cache = CuImage.cache("shared_memory", memory_capacity=8)
     tiles = {("k", i): np.full((1, 8, 8, 3), i, np.uint8) for i in range(5)}
-    cache.put_many(list(tiles.items()))
+    cache.put_many([(key, arr, (0, 0)) for key, arr in tiles.items()])
     keys = [("k", 3), ("missing", 0), ("k", 0), ("k", 4), ("k", 9)]
     got = cache.get_many(keys)
     assert [None if g is None else int(g[0, 0, 0, 0]) for g in got] == [3, None, 0, 4, None]

@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..cache import TileCache
+from ..cache import WHOLE, TileCache
 from ..codecs import Decoder, get_decoder
 from ..errors import CorruptFileError, CucimLikeError, DecodeError
 from ..fileio import FileReader
 from ..formats.base import Level, compressed_tile_limit
 from ..memory import decode_buffer
-from ..plan import ByteRange, Plan, TileJob, box_slices, coalesce_ranges
+from ..plan import ByteRange, Plan, TileJob, TileUses, box_slices, coalesce_ranges
 from . import native
 from .pool import thread_pool
 
@@ -56,12 +56,33 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
+def _union(jobs: list[TileJob], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the smallest box of a 2-D tile of ``shape`` holding every job's source box."""
+    y0, y1, x0, x1 = shape[1], 0, shape[2], 0
+    for _, (_, (sy0, sy1), (sx0, sx1), _), _ in jobs:
+        y0, y1, x0, x1 = min(y0, sy0), max(y1, sy1), min(x0, sx0), max(x1, sx1)
+    return y0, y1, x0, x1
+
+
+def _within(jobs: list[TileJob], origin: tuple[int, int], shape: tuple[int, ...]) -> list[TileJob] | None:
+    """``jobs`` with their source boxes moved into a part of a 2-D tile, ``shape`` (1, h, w, c) from row
+    ``origin[0]`` and column ``origin[1]`` of the tile on; None when a job needs more than the part holds."""
+    oy, ox = origin
+    h, w = shape[1], shape[2]
+    moved = []
+    for tile, (z, (sy0, sy1), (sx0, sx1), c), dst in jobs:
+        if sy0 < oy or sx0 < ox or sy1 - oy > h or sx1 - ox > w:
+            return None
+        moved.append(TileJob(tile, (z, (sy0 - oy, sy1 - oy), (sx0 - ox, sx1 - ox), c), dst))
+    return moved
+
+
 class _Read:
     """State of one executed plan (shared by its tasks; each task writes disjoint output boxes)."""
 
     def __init__(self, path: str, readers: Sequence[FileReader], level: Level, out: np.ndarray,
                  cache: TileCache | None, file_keys: Sequence[object], insert: bool,
-                 reuse: np.ndarray | None = None) -> None:
+                 reuse: TileUses | None = None) -> None:
         self.path = path
         self.reuse = reuse
         self.readers = readers
@@ -116,9 +137,16 @@ class _Read:
             out[dz0:dz1, dy0:dy1, dx0:dx1, dc0:dc1] = tile_arr[sz0:sz1, sy0:sy1, sx0:sx1, sc0:sc1]
 
     def place_cached(self, tiles: list[int], jobs_by_tile: dict[int, list[TileJob]]) -> list[int]:
-        """Place the tiles the cache holds (one look-up for all); returns the others, in order."""
-        def place(i: int, hit: np.ndarray) -> None:
-            self.place(hit, jobs_by_tile[tiles[i]], tiles[i])
+        """Place the tiles the cache holds, whole or the part the jobs need (one look-up for all); returns the
+        others, in order."""
+        def place(i: int, hit: np.ndarray, origin: tuple[int, int]) -> bool:
+            jobs = jobs_by_tile[tiles[i]]
+            if origin != (0, 0) or hit.shape[1:3] != self.decoder.tile_shape[1:3]:
+                jobs = _within(jobs, origin, hit.shape)
+                if jobs is None:
+                    return False
+            self.place(hit, jobs, tiles[i])
+            return True
 
         found = self.cache.use_many([self.cache_key(t) for t in tiles], place)
         return [tile for tile, hit in zip(tiles, found, strict=True) if not hit]
@@ -136,32 +164,27 @@ class _Read:
         view = self.out[box_slices(dst)]
         return view if view.flags.c_contiguous or getattr(self.decoder, "strided_out", False) else None
 
-    def crop_box(self, jobs: list[TileJob], shape: tuple[int, ...], tile: int) -> tuple[int, int, int, int] | None:
-        """(y0, y1, x0, x1) of a 2-D tile that the jobs need only part of, to be decoded cropped; None when
-        they need it whole, or when it should be decoded whole for the cache: while the cache has room, or on
-        the second request of a tile whose key the cache still remembers."""
-        if shape != self.decoder.tile_shape or shape[0] != 1:
-            return None
-        y0, y1, x0, x1 = shape[1], 0, shape[2], 0
-        for _, (_, (sy0, sy1), (sx0, sx1), _), _ in jobs:
-            y0, y1, x0, x1 = min(y0, sy0), max(y1, sy1), min(x0, sx0), max(x1, sx1)
-        if y0 == 0 and x0 == 0 and y1 == shape[1] and x1 == shape[2]:
-            return None
-        if self.part_goes_whole_to_cache(tile):
-            return None
-        return y0, y1, x0, x1
-
-    def part_goes_whole_to_cache(self, tile: int) -> bool:
-        """Whether a tile a read needs only part of is decoded whole and kept: while the cache has room (when
-        the read knows its future, ``reuse``, only a tile a later batch needs again), or on the second request
-        of a tile whose key the cache still remembers (the first is decoded cropped)."""
+    def kept_box(self, tile: int, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+        """(y0, y1, x0, x1) of a tile of decoded ``shape`` that a read needs only part of, to decode and keep in
+        the cache; None: not kept. The whole tile while the cache has room; when the read knows its future
+        (``reuse``), only a tile a later batch needs again, and only the part the batches need of it (of a 2-D
+        tile); and the whole tile on the second request of a tile whose key the cache still remembers."""
         if not self.insert:
-            return False
-        cache = self.cache
-        reuse = self.reuse
-        if (reuse is None or reuse[tile % len(reuse)] > 1) and cache.has_room(self.level.decoded_tile_nbytes):
-            return True
-        return cache.admit_part(self.cache_key(tile))
+            return None
+        cache, reuse = self.cache, self.reuse
+        whole = (0, shape[1], 0, shape[2])
+        if reuse is None:
+            if cache.has_room(self.level.decoded_tile_nbytes):
+                return whole
+        else:
+            box = reuse.boxes.get(tile % len(reuse.counts))
+            if box is not None:
+                _, (y0, y1), (x0, x1) = box
+                part = (y0, y1, x0, x1) if shape[0] == 1 else whole
+                nbytes = shape[0] * (part[1] - part[0]) * (part[3] - part[2]) * shape[3] * self.level.dtype.itemsize
+                if cache.has_room(nbytes):
+                    return part
+        return whole if cache.admit_part(self.cache_key(tile)) else None
 
     def cache_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """A tile buffer for the cache to keep: one an eviction freed, else a new one."""
@@ -170,11 +193,20 @@ class _Read:
 
     def decode_cropped(self, tile: int, data: bytes | memoryview, jobs: list[TileJob],
                        shape: tuple[int, ...]) -> bool:
-        """Decode only the part of the tile the jobs need and place it; False when the decoder declines."""
-        box = self.crop_box(jobs, shape, tile)
-        if box is None:
+        """Decode only the part of a 2-D tile the jobs need (and the part of it to keep, see :meth:`kept_box`)
+        and place it; False when they need it whole, when it is decoded whole for the cache, or when the
+        decoder declines."""
+        if shape != self.decoder.tile_shape or shape[0] != 1:
             return False
-        y0, y1, x0, x1 = box
+        y0, y1, x0, x1 = _union(jobs, shape)
+        whole = (0, shape[1], 0, shape[2])
+        if (y0, y1, x0, x1) == whole:
+            return False
+        keep = self.kept_box(tile, shape)
+        if keep == whole:
+            return False
+        if keep is not None:
+            y0, y1, x0, x1 = min(y0, keep[0]), max(y1, keep[1]), min(x0, keep[2]), max(x1, keep[3])
         try:
             part = self.decoder.decode_crop(data, y0, y1, x0, x1, _scratch.get(shape, self.level.dtype))
         except CucimLikeError as exc:
@@ -182,9 +214,12 @@ class _Read:
                               tile=tile_coords(self.level, tile)) from exc
         if part is None:
             return False
-        shifted = [TileJob(tile, (z, (sy0 - y0, sy1 - y0), (sx0 - x0, sx1 - x0), c), dst)
-                   for _, (z, (sy0, sy1), (sx0, sx1), c), dst in jobs]
-        self.place(part, shifted, tile)
+        self.place(part, _within(jobs, (y0, x0), part.shape), tile)
+        if keep is not None:
+            kept = self.cache_buffer(part.shape)
+            kept[...] = part
+            if self.cache.intact(kept):  # else another process wrote over it meanwhile
+                self.cache.put(self.cache_key(tile), kept, (y0, x0))
         return True
 
     def decode_place(self, tile: int, data: bytes | memoryview, jobs: list[TileJob]) -> None:
@@ -244,13 +279,18 @@ class _Read:
                 full = y0 == 0 and x0 == 0 and y1 == ty and x1 == tx
                 stream = decoder.native_stream(data) if level.tile_extent(tile) == shape else None
                 if stream is not None:
-                    whole = None
-                    if insert and (full or self.part_goes_whole_to_cache(tile)):
+                    whole = kept = None  # the tile decoded whole into cache memory, or a part copied there
+                    box = ((0, ty, 0, tx) if full else self.kept_box(tile, shape)) if insert else None
+                    if box == (0, ty, 0, tx):
                         whole = self.cache_buffer(shape)
+                    elif box is not None:  # one more place: the part to keep, C-contiguous
+                        ky0, ky1, kx0, kx1 = box
+                        kept = self.cache_buffer((1, ky1 - ky0, kx1 - kx0, samples))
+                        places.append((kept.ctypes.data, (kx1 - kx0) * samples, ky0, ky1, kx0, kx1))
                     jobs.append((native.address(stream), len(stream), first, len(places) - first,
                                  whole.ctypes.data if whole is not None else 0, tx, ty, samples, 0, 0, 0))
                     keep.append(stream)
-                    taken.append((item, whole))
+                    taken.append((item, whole, kept, box))
                     continue
             del places[first:]
             rest.append(item)
@@ -261,16 +301,18 @@ class _Read:
         job_arr["places"] = place_arr.ctypes.data + job_arr["places"] * native.PLACE.itemsize
         self.pool.run(job_arr, workers)
         status = job_arr["status"].tolist()
-        kept = []
-        for (item, whole), st in zip(taken, status, strict=True):
+        to_cache = []
+        for (item, whole, kept, box), st in zip(taken, status, strict=True):
             if st != 0:
                 rest.append(item)
             elif whole is not None and not self.cache.intact(whole):
                 rest.append(item)  # decoded into cache memory another process wrote over meanwhile: again
             elif whole is not None:
-                kept.append((self.cache_key(item[0]), whole))
-        if kept:
-            self.cache.put_many(kept)
+                to_cache.append((self.cache_key(item[0]), whole, WHOLE))
+            elif kept is not None and self.cache.intact(kept):  # (the output was placed from elsewhere)
+                to_cache.append((self.cache_key(item[0]), kept, (box[0], box[2])))
+        if to_cache:
+            self.cache.put_many(to_cache)
         return rest
 
     def read_range(self, rng: ByteRange) -> memoryview:
@@ -351,13 +393,13 @@ def execute(
     cache: TileCache | None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
-    reuse: np.ndarray | None = None,
+    reuse: TileUses | None = None,
 ) -> np.ndarray:
     """Run ``plan`` on the CPU into ``out`` (shape ``plan.out_shape``, the level's dtype); returns ``out``.
 
     When ``cancel`` is set, remaining tiles are skipped (the output is then incomplete; the caller knows).
-    ``reuse`` (a batch iterator's :func:`cucim_like.plan.tile_uses`): tiles needed by one batch only are not
-    decoded whole just because the cache has room.
+    ``reuse`` (a batch iterator's :class:`cucim_like.plan.TileUses`): tiles needed by one batch only are not
+    kept just because the cache has room, and of the others only the part the batches need.
     """
     for box in plan.fills:
         out[box_slices(box)] = fill
