@@ -188,14 +188,17 @@ class BatchTileUses:
             if self._touched < 0:
                 level = self._level
                 starts = self._starts if self.order is None else self._starts[self.order]
-                uses = tile_uses(level.shape, level.tile_shape, starts, self._extent, self._batch_size)
-                if uses is not None and self._everyone is not None:
-                    everyone = tile_uses(level.shape, level.tile_shape, self._everyone, self._extent, 1)
-                    if everyone is not None:
-                        uses = TileUses(uses.counts, {t: everyone.boxes.get(t, box) for t, box in uses.boxes.items()})
-                self._uses = uses
+                args = (level.shape, level.tile_shape, starts, self._extent, self._batch_size)
+                uses = tile_uses(*args, boxes=False)  # the boxes only when the tiles do not all fit
                 tiles = 0 if uses is None else int(np.count_nonzero(uses.counts)) * level.planes
                 self._touched = tiles * level.decoded_tile_nbytes
+                if uses is not None and self._touched > cache.memory_capacity:
+                    uses = tile_uses(*args)
+                    everyone = (None if self._everyone is None else
+                                tile_uses(level.shape, level.tile_shape, self._everyone, self._extent, 1))
+                    if uses is not None and everyone is not None:
+                        uses = TileUses(uses.counts, {t: everyone.boxes.get(t, box) for t, box in uses.boxes.items()})
+                self._uses = uses
         return None if self._uses is None or self._touched <= cache.memory_capacity else self._uses
 
 

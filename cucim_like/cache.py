@@ -163,23 +163,20 @@ class TileCache:
         of it kept (rows from ``origin[0]``, columns from ``origin[1]``; (0, 0) for a whole tile), read-only
         and valid only during the call (a shared-memory cache hands a view of its memory). ``use`` returns
         whether it could use it (a part may lack what the read needs: a miss). Returns which were used."""
-        found = []
-        record = self._record
-        for i, key in enumerate(keys):
-            with self._lock:
-                entry = self._items.get(key)
+        with self._lock:
+            items = self._items
+            entries = [items.get(key) for key in keys]
+            for key, entry in zip(keys, entries, strict=True):
                 if entry is not None:
-                    self._items.move_to_end(key)
-            used = False
-            if entry is not None:
-                used = bool(use(i, entry.arr, entry.origin) if type(entry) is TilePart else use(i, entry, WHOLE))
-            if record:
-                with self._lock:
-                    if used:
-                        self.hit_count += 1
-                    else:
-                        self.miss_count += 1
-            found.append(used)
+                    items.move_to_end(key)
+        found = [entry is not None and bool(use(i, entry.arr, entry.origin) if type(entry) is TilePart
+                                            else use(i, entry, WHOLE))
+                 for i, entry in enumerate(entries)]
+        if self._record:
+            hits = sum(found)
+            with self._lock:
+                self.hit_count += hits
+                self.miss_count += len(keys) - hits
         return found
 
     def put_many(self, items: Sequence[tuple[Hashable, np.ndarray, tuple[int, int]]]) -> None:

@@ -232,10 +232,10 @@ class TileUses:
 
 
 def tile_uses(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.ndarray, size: Sequence[int],
-              batch_size: int) -> TileUses | None:
+              batch_size: int, boxes: bool = True) -> TileUses | None:
     """:class:`TileUses` of same-size regions ``size`` (d, h, w) at ``starts`` ((n, 3) int (z, y, x), in
-    delivery order; regions ``[i * batch_size, (i + 1) * batch_size)`` form batch i). None for levels of more
-    than ``_USES_MAX_TILES`` tiles per plane."""
+    delivery order; regions ``[i * batch_size, (i + 1) * batch_size)`` form batch i); its ``boxes`` left empty
+    unless ``boxes``. None for levels of more than ``_USES_MAX_TILES`` tiles per plane."""
     extent = np.array([int(v) for v in level_shape[:3]], np.int64)
     tile = np.array([int(v) for v in tile_shape[:3]], np.int64)
     grid = -(-extent // tile)
@@ -271,7 +271,7 @@ def tile_uses(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.
         batch, flat, _, _ = pairs(i)
         keys = np.unique(batch * n_tiles + flat)  # one per (batch, tile)
         counts += np.bincount(keys % n_tiles, minlength=n_tiles)
-    multi = np.flatnonzero(counts > 1)
+    multi = np.flatnonzero(counts > 1) if boxes else np.zeros(0, np.int64)
     lo_box = np.full((len(multi), 3), np.iinfo(np.int64).max)
     hi_box = np.zeros((len(multi), 3), np.int64)
     if len(multi):
@@ -281,6 +281,5 @@ def tile_uses(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.
             keep = (where < len(multi)) & (multi[np.minimum(where, len(multi) - 1)] == flat)
             np.minimum.at(lo_box, where[keep], p0[keep])
             np.maximum.at(hi_box, where[keep], p1[keep])
-    boxes = {tile_id: tuple(zip(lo, hi, strict=True))
-             for tile_id, lo, hi in zip(multi.tolist(), lo_box.tolist(), hi_box.tolist(), strict=True)}
-    return TileUses(counts, boxes)
+    return TileUses(counts, {tile_id: tuple(zip(lo, hi, strict=True))
+                             for tile_id, lo, hi in zip(multi.tolist(), lo_box.tolist(), hi_box.tolist(), strict=True)})

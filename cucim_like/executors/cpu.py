@@ -139,9 +139,11 @@ class _Read:
     def place_cached(self, tiles: list[int], jobs_by_tile: dict[int, list[TileJob]]) -> list[int]:
         """Place the tiles the cache holds, whole or the part the jobs need (one look-up for all); returns the
         others, in order."""
+        tile_shape = self.decoder.tile_shape
+
         def place(i: int, hit: np.ndarray, origin: tuple[int, int]) -> bool:
             jobs = jobs_by_tile[tiles[i]]
-            if origin != (0, 0) or hit.shape[1:3] != self.decoder.tile_shape[1:3]:
+            if origin != WHOLE or hit.shape != tile_shape:  # a part, or a short tile: what does it hold?
                 jobs = _within(jobs, origin, hit.shape)
                 if jobs is None:
                     return False
