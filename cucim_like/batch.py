@@ -159,7 +159,7 @@ class BatchTileUses:
     """
 
     def __init__(self, level: Level, starts: np.ndarray, extent: tuple[int, int, int], batch_size: int,
-                 level_starts: Callable[[object], np.ndarray] | None = None) -> None:
+                 level_starts: Callable[[object], np.ndarray]) -> None:
         self._level, self._starts, self._extent, self._batch_size = level, starts, extent, batch_size
         self._level_starts = level_starts  # read_region's locations -> (n, 3) starts in the level's pixels
         self.order: np.ndarray | None = None  # delivery order (indices into starts), set by the iterator's maker
@@ -173,8 +173,6 @@ class BatchTileUses:
         ``locations`` (as ``read_region``'s) of all their patches. The part kept of a tile this iterator's
         later batches need then holds what every process's patches need of it, so that the others find it
         too. Before the first batch only."""
-        if self._level_starts is None:
-            raise InvalidArgumentError("this iterator cannot take other processes' patches into account")
         starts = self._level_starts(locations)
         with self._lock:
             self._everyone, self._touched = starts, -1

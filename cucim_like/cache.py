@@ -191,7 +191,7 @@ class TileCache:
         if nbytes > self.memory_capacity or self._item_limit == 0:
             return
         self._freeze(arr)
-        entry = arr if origin is WHOLE else TilePart(arr, origin)
+        entry = arr if origin == WHOLE else TilePart(arr, origin)  # a bare array starts at (0, 0)
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:

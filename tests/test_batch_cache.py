@@ -18,6 +18,16 @@ TILE_BYTES = TILE[0] * TILE[1] * 3
 MiB = 2**20
 
 
+@pytest.fixture(params=["native pool", "python"])
+def decode_path(request, monkeypatch):
+    """Which way JPEG tiles are decoded: the native tile pool (skipped where it is not built) or Python."""
+    if request.param == "python":
+        monkeypatch.setattr(native, "tile_pool", lambda: None)
+    elif native.tile_pool() is None:
+        pytest.skip("the native tile pool is not built here")
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def jpeg_slide(tmp_path_factory):
     image = tfx.make_image(384, 576, 3, "uint8", seed=11)  # 6 x 6 tiles
@@ -57,15 +67,9 @@ def test_a_first_pass_keeps_only_tiles_a_later_batch_needs_when_not_all_fit(jpeg
         CuImage.cache("no_cache")
 
 
-@pytest.mark.parametrize("path_taken", ["native pool", "python"])
 @pytest.mark.parametrize("kind", ["per_process", "shared_memory"])
-def test_of_a_tile_a_later_batch_needs_only_the_part_the_patches_need_is_kept(jpeg_slide, kind, path_taken,
-                                                                              monkeypatch):
+def test_of_a_tile_a_later_batch_needs_only_the_part_the_patches_need_is_kept(jpeg_slide, kind, decode_path):
     path, ref = jpeg_slide
-    if path_taken == "python":
-        monkeypatch.setattr(native, "tile_pool", lambda: None)
-    elif native.tile_pool() is None:
-        pytest.skip("the native tile pool is not built here")
     cache = CuImage.cache(kind, memory_capacity=5 * TILE_BYTES / MiB)  # 5 of the 7 tiles touched
     try:
         first = _read_all(path, _LOCATIONS)
@@ -142,14 +146,9 @@ def cache_key(img: CuImage, tile: int) -> tuple:
     return (img._file_keys[0], 0, tile)
 
 
-@pytest.mark.parametrize("path_taken", ["native pool", "python"])
 def test_a_reservation_the_ring_came_round_over_is_decoded_again_and_not_indexed(jpeg_slide, monkeypatch,
-                                                                                 path_taken):
+                                                                                 decode_path):
     path, ref = jpeg_slide
-    if path_taken == "python":
-        monkeypatch.setattr(native, "tile_pool", lambda: None)
-    elif native.tile_pool() is None:
-        pytest.skip("the native tile pool is not built here")
     cache = CuImage.cache("shared_memory", memory_capacity=128 * TILE_BYTES / MiB)
     try:
         monkeypatch.setattr(SharedMemoryCache, "intact", lambda self, buf: False)
