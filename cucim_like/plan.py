@@ -6,7 +6,7 @@ executors and property-tested on its own. Boxes are per-axis (start, stop) pairs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -231,55 +231,75 @@ class TileUses:
     boxes: dict[int, tuple[tuple[int, int], ...]]
 
 
+class _RegionTiles:
+    """The (region, tile) pairs of same-size regions ``size`` (d, h, w) on a level, worked out a chunk of
+    regions at a time (whole batches of ``batch_size`` per chunk)."""
+
+    def __init__(self, level_shape: Sequence[int], tile_shape: Sequence[int], size: Sequence[int],
+                 batch_size: int) -> None:
+        self.extent = np.array([int(v) for v in level_shape[:3]], np.int64)
+        self.tile = np.array([int(v) for v in tile_shape[:3]], np.int64)
+        self.grid = -(-self.extent // self.tile)
+        self.n_tiles = int(np.prod(self.grid))
+        self.span = np.array([int(v) for v in size[:3]], np.int64)
+        most = -(-self.span // self.tile) + 1  # tiles a region can touch along each axis, at most
+        self.offsets = np.stack(np.meshgrid(*(np.arange(m) for m in most), indexing="ij"), -1).reshape(-1, 3)
+        self.batch_size = max(1, int(batch_size))
+        b = self.batch_size
+        self.chunk = b * max(1, _USES_CHUNK // (len(self.offsets) * b))
+
+    def pairs(self, starts: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per chunk of ``starts`` ((n, 3) int64): (batch, flat tile, part start, part stop) of its (region,
+        tile) pairs, the part being what the region needs of the tile, in tile coordinates (z, y, x)."""
+        extent, tile, grid = self.extent, self.tile, self.grid
+        for i in range(0, len(starts), self.chunk):
+            part = starts[i:i + self.chunk]
+            lo = np.clip(part, 0, extent)
+            hi = np.clip(part + self.span, 0, extent)
+            first, last = lo // tile, (hi - 1) // tile  # last < first along an axis the region misses
+            t = first[:, None, :] + self.offsets[None, :, :]  # (regions, per_region, 3)
+            inside = np.all((t <= last[:, None, :]) & (hi > lo)[:, None, :], axis=2)
+            flat = (t[..., 0] * grid[1] + t[..., 1]) * grid[2] + t[..., 2]
+            batch = np.broadcast_to((np.arange(i, i + len(part)) // self.batch_size)[:, None], flat.shape)
+            origin = t * tile
+            p0 = np.maximum(lo[:, None, :], origin) - origin
+            p1 = np.minimum(hi[:, None, :], origin + tile) - origin
+            yield batch[inside], flat[inside], p0[inside], p1[inside]
+
+
 def tile_uses(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.ndarray, size: Sequence[int],
               batch_size: int, boxes: bool = True) -> TileUses | None:
     """:class:`TileUses` of same-size regions ``size`` (d, h, w) at ``starts`` ((n, 3) int (z, y, x), in
     delivery order; regions ``[i * batch_size, (i + 1) * batch_size)`` form batch i); its ``boxes`` left empty
     unless ``boxes``. None for levels of more than ``_USES_MAX_TILES`` tiles per plane."""
-    extent = np.array([int(v) for v in level_shape[:3]], np.int64)
-    tile = np.array([int(v) for v in tile_shape[:3]], np.int64)
-    grid = -(-extent // tile)
-    n_tiles = int(np.prod(grid))
-    if n_tiles > _USES_MAX_TILES:
+    pairs = _RegionTiles(level_shape, tile_shape, size, batch_size)
+    if pairs.n_tiles > _USES_MAX_TILES:
         return None
     starts = np.asarray(starts, np.int64).reshape(-1, 3)
-    span = np.array([int(v) for v in size[:3]], np.int64)
-    most = -(-span // tile) + 1  # tiles a region can touch along each axis, at most
-    offsets = np.stack(np.meshgrid(*(np.arange(m) for m in most), indexing="ij"), -1).reshape(-1, 3)
-    per_region = len(offsets)
-    b = max(1, int(batch_size))
-    chunk = b * max(1, _USES_CHUNK // (per_region * b))  # whole batches per chunk
-
-    def pairs(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(batch, flat tile, part start, part stop) of the (region, tile) pairs of regions [i, i + chunk):
-        the part of the tile the region needs, in tile coordinates (z, y, x)."""
-        part = starts[i:i + chunk]
-        lo = np.clip(part, 0, extent)
-        hi = np.clip(part + span, 0, extent)
-        first, last = lo // tile, (hi - 1) // tile  # last < first along an axis the region misses
-        t = first[:, None, :] + offsets[None, :, :]  # (regions, per_region, 3)
-        inside = np.all((t <= last[:, None, :]) & (hi > lo)[:, None, :], axis=2)
-        flat = (t[..., 0] * grid[1] + t[..., 1]) * grid[2] + t[..., 2]
-        batch = np.broadcast_to((np.arange(i, i + len(part)) // b)[:, None], flat.shape)
-        origin = t * tile
-        p0 = np.maximum(lo[:, None, :], origin) - origin
-        p1 = np.minimum(hi[:, None, :], origin + tile) - origin
-        return batch[inside], flat[inside], p0[inside], p1[inside]
-
-    counts = np.zeros(n_tiles, np.int64)
-    for i in range(0, len(starts), chunk):
-        batch, flat, _, _ = pairs(i)
-        keys = np.unique(batch * n_tiles + flat)  # one per (batch, tile)
-        counts += np.bincount(keys % n_tiles, minlength=n_tiles)
+    counts = np.zeros(pairs.n_tiles, np.int64)
+    for batch, flat, _, _ in pairs.pairs(starts):
+        keys = np.unique(batch * pairs.n_tiles + flat)  # one per (batch, tile)
+        counts += np.bincount(keys % pairs.n_tiles, minlength=pairs.n_tiles)
     multi = np.flatnonzero(counts > 1) if boxes else np.zeros(0, np.int64)
-    lo_box = np.full((len(multi), 3), np.iinfo(np.int64).max)
-    hi_box = np.zeros((len(multi), 3), np.int64)
-    if len(multi):
-        for i in range(0, len(starts), chunk):
-            _, flat, p0, p1 = pairs(i)
-            where = np.searchsorted(multi, flat)
-            keep = (where < len(multi)) & (multi[np.minimum(where, len(multi) - 1)] == flat)
-            np.minimum.at(lo_box, where[keep], p0[keep])
-            np.maximum.at(hi_box, where[keep], p1[keep])
-    return TileUses(counts, {tile_id: tuple(zip(lo, hi, strict=True))
-                             for tile_id, lo, hi in zip(multi.tolist(), lo_box.tolist(), hi_box.tolist(), strict=True)})
+    return TileUses(counts, tile_boxes(level_shape, tile_shape, starts, size, multi))
+
+
+def tile_boxes(level_shape: Sequence[int], tile_shape: Sequence[int], starts: np.ndarray, size: Sequence[int],
+               tiles: np.ndarray) -> dict[int, tuple[tuple[int, int], ...]]:
+    """For each of ``tiles`` (sorted flat tile numbers of a plane) that a region ``size`` (d, h, w) at one of
+    ``starts`` ((n, 3) int (z, y, x)) touches: the smallest box holding all that those regions need of it, as
+    ((z0, z1), (y0, y1), (x0, x1)) in tile coordinates."""
+    tiles = np.asarray(tiles, np.int64)
+    if not len(tiles):
+        return {}
+    starts = np.asarray(starts, np.int64).reshape(-1, 3)
+    lo_box = np.full((len(tiles), 3), np.iinfo(np.int64).max)
+    hi_box = np.zeros((len(tiles), 3), np.int64)
+    for _, flat, p0, p1 in _RegionTiles(level_shape, tile_shape, size, 1).pairs(starts):
+        where = np.searchsorted(tiles, flat)
+        keep = (where < len(tiles)) & (tiles[np.minimum(where, len(tiles) - 1)] == flat)
+        np.minimum.at(lo_box, where[keep], p0[keep])
+        np.maximum.at(hi_box, where[keep], p1[keep])
+    touched = hi_box[:, 0] > 0
+    return {tile_id: tuple(zip(lo, hi, strict=True)) for tile_id, lo, hi in
+            zip(tiles[touched].tolist(), lo_box[touched].tolist(), hi_box[touched].tolist(), strict=True)}

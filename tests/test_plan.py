@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cucim_like.plan import coalesce_ranges, plan_batch, plan_region, tile_uses
+from cucim_like.plan import coalesce_ranges, plan_batch, plan_region, tile_boxes, tile_uses
 
 
 @st.composite
@@ -169,3 +171,24 @@ def test_tile_uses_counts_the_batches_that_plan_each_tile(region, n, batch_size,
 
 def test_tile_uses_declines_levels_with_too_many_tiles():
     assert tile_uses((1, 1 << 12, 1 << 12, 3), (1, 1, 1), np.zeros((1, 3), np.int64), (1, 1, 1), 1) is None
+
+
+@given(regions(), st.integers(1, 30), st.integers(0, 2**32 - 1))
+@settings(max_examples=100, deadline=None)
+def test_tile_boxes_bound_what_the_regions_need_of_the_given_tiles(region, n, seed):
+    """For each given tile a region touches, the bounding box of the source boxes of the regions' jobs on it;
+    tiles no region touches are left out."""
+    level_shape, tile_shape, planes, _, size = region
+    rng = np.random.default_rng(seed)
+    starts = np.stack([rng.integers(-s - 3, e + 3, n) for s, e in zip(size, level_shape[:3], strict=True)], 1)
+    plane_tiles = math.prod(-(-e // t) for e, t in zip(level_shape[:3], tile_shape[:3], strict=True))
+    tiles = np.unique(rng.integers(0, plane_tiles, rng.integers(0, 2 * plane_tiles + 1)))
+    spans: dict[int, list[list[int]]] = {}
+    for job in plan_batch(level_shape, tile_shape, planes, starts.tolist(), size).jobs:
+        span = spans.setdefault(job.tile % plane_tiles, [[1 << 30, 0] for _ in range(3)])
+        for axis, (a, b) in enumerate(job.src[:3]):
+            span[axis] = [min(span[axis][0], a), max(span[axis][1], b)]
+    boxes = tile_boxes(level_shape, tile_shape, starts, size, tiles)
+    assert set(boxes) == {int(t) for t in tiles} & set(spans)
+    for tile, box in boxes.items():
+        assert box == tuple(tuple(v) for v in spans[tile])
