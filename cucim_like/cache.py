@@ -54,6 +54,8 @@ class TileCache:
     """
 
     type: CacheType | str = CacheType.PerProcess
+    # put() keeps the array it is given (False), or a copy (True: the executor may hand it memory it uses again)
+    copies_on_put = False
     # Evicted tiles nobody holds are kept (a few) and handed back by take_spare() for the next decode: fresh
     # memory for every inserted tile page-faults ~48 times per 256² RGB tile, which cost 6-8 % of random
     # 512² reads on the reference VM.
@@ -219,11 +221,6 @@ class TileCache:
                     arr.flags.writeable = True
                     return arr
         return None
-
-    def intact(self, buf: np.ndarray) -> bool:
-        """Whether a buffer :meth:`take_spare` gave still holds only what this process wrote to it (always,
-        here; a shared-memory cache's ring may have come round over it)."""
-        return True
 
     def has_room(self, nbytes: int) -> bool:
         """Whether a tile of ``nbytes`` would fit without evicting one (bytes and tile count)."""

@@ -231,3 +231,22 @@ def test_thread_pools_are_reused(tiled_file, log, monkeypatch):
     assert helpers, "no pool thread decoded a tile"
     assert len(helpers) <= 3, f"{len(helpers)} distinct helper threads: {names}"
     assert all(name.startswith("cucim_like-decode-") for name in names), names
+
+
+def test_staging_hands_out_disjoint_aligned_arrays_within_its_limit(monkeypatch):
+    """Tiles staged for a cache that copies them: distinct memory until reset, aligned as decode buffers,
+    nothing past the limit (the caller then allocates)."""
+    monkeypatch.setattr(cpu, "_STAGING_CHUNK", 1 << 16)
+    monkeypatch.setattr(cpu, "_STAGING_MAX", 1 << 18)
+    staging = cpu._Staging()
+    u8 = np.dtype(np.uint8)
+    got = []
+    while (arr := staging.take((1, 50, 70, 3), u8)) is not None:
+        arr[...] = len(got)
+        got.append(arr)
+    assert (1 << 17) <= len(got) * 50 * 70 * 3 <= (1 << 18)  # the limit holds, and little of it is wasted
+    assert all(a.ctypes.data % 64 == 16 and a.flags.c_contiguous for a in got)
+    assert all((a == i).all() for i, a in enumerate(got))  # none overwrote another
+    staging.reset()
+    assert staging.take((1, 50, 70, 3), u8) is not None
+    assert staging.take((1, 1 << 10, 1 << 10, 3), u8) is None  # one tile past the limit
