@@ -9,7 +9,8 @@ import tifffile
 
 from cucim_like import CuImage
 from cucim_like.cache import TilePart
-from cucim_like.executors import native
+from cucim_like.errors import CucimLikeError
+from cucim_like.executors import cpu, native
 from cucim_like.shm_cache import SharedMemoryCache
 from tests.formats import tiff_fixtures as tfx
 
@@ -165,6 +166,26 @@ def test_shared_memory_tiles_go_through_the_file_and_are_found_again(jpeg_slide)
 
 def cache_key(img: CuImage, tile: int) -> tuple:
     return (img._file_keys[0], 0, tile)
+
+
+def test_tiles_staged_for_a_shared_cache_are_let_go_when_decoding_fails(jpeg_slide, monkeypatch, decode_path):
+    """The staging memory of a read into a cache that copies is freed even when the read raises."""
+    path, _ = jpeg_slide
+
+    def fail(*args, **kwargs):
+        raise CucimLikeError("failed on purpose")
+
+    if decode_path == "python":
+        monkeypatch.setattr(cpu._Read, "place", fail)  # after the tile was decoded into staging memory
+    else:
+        monkeypatch.setattr(native.TilePool, "run", fail)
+    CuImage.cache("shared_memory", memory_capacity=128 * TILE_BYTES / MiB)  # room: tiles are kept whole
+    try:
+        with pytest.raises(CucimLikeError):
+            CuImage(path).read_region((8, 8), (100, 80), num_workers=1)  # 4 tiles, each partly
+        assert len(cpu._staging.chunk) == 0 and not cpu._staging.outgrown
+    finally:
+        CuImage.cache("no_cache")
 
 
 def test_the_ring_coming_round_drops_the_oldest_tiles_only():

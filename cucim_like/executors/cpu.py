@@ -273,6 +273,12 @@ class _Read:
         return True
 
     def decode_place(self, tile: int, data: bytes | memoryview, jobs: list[TileJob]) -> None:
+        try:
+            self._decode_place(tile, data, jobs)
+        finally:
+            _staging.reset()  # a tile staged for a cache that copies it is put by now, or dropped with an error
+
+    def _decode_place(self, tile: int, data: bytes | memoryview, jobs: list[TileJob]) -> None:
         level = self.level
         shape = level.tile_extent(tile)
         direct = self.direct_target(jobs, shape)
@@ -295,7 +301,6 @@ class _Read:
             key = self.cache_key(tile)
             if direct is None:
                 self.cache.put(key, arr)
-                _staging.reset()
             elif self.cache.admit_whole(key):  # decoded into the output: copied only when read again
                 self.cache.put(key, arr.copy())
 
@@ -348,19 +353,21 @@ class _Read:
         place_arr = np.array(places, dtype=native.PLACE)
         job_arr = np.array(jobs, dtype=native.JOB)
         job_arr["places"] = place_arr.ctypes.data + job_arr["places"] * native.PLACE.itemsize
-        self.pool.run(job_arr, workers)
-        status = job_arr["status"].tolist()
-        to_cache = []
-        for (item, whole, kept, box), st in zip(taken, status, strict=True):
-            if st != 0:
-                rest.append(item)
-            elif whole is not None:
-                to_cache.append((self.cache_key(item[0]), whole, WHOLE))
-            elif kept is not None:  # (the output was placed from elsewhere)
-                to_cache.append((self.cache_key(item[0]), kept, (box[0], box[2])))
-        if to_cache:
-            self.cache.put_many(to_cache)
-        _staging.reset()
+        try:
+            self.pool.run(job_arr, workers)
+            status = job_arr["status"].tolist()
+            to_cache = []
+            for (item, whole, kept, box), st in zip(taken, status, strict=True):
+                if st != 0:
+                    rest.append(item)
+                elif whole is not None:
+                    to_cache.append((self.cache_key(item[0]), whole, WHOLE))
+                elif kept is not None:  # (the output was placed from elsewhere)
+                    to_cache.append((self.cache_key(item[0]), kept, (box[0], box[2])))
+            if to_cache:
+                self.cache.put_many(to_cache)
+        finally:
+            _staging.reset()
         return rest
 
     def read_range(self, rng: ByteRange) -> memoryview:
