@@ -23,7 +23,7 @@ from .executors import cpu
 from .executors.pool import default_workers
 from .formats import open_source
 from .formats.base import ImageSource, Level
-from .plan import Plan, plan_batch, plan_region
+from .plan import Plan, TileUses, plan_batch, plan_region
 from .read_target import ReadTarget, make_target, read_with_target
 
 
@@ -593,7 +593,7 @@ class CuImage:
         return out if nd == 3 else out[0]
 
     def _run(self, plan: Plan, lvl: Level, out: np.ndarray, fill: float, workers: int, cache: TileCache | None,
-             progress: Callable[[int], None] | None = None, cancel=None, reuse: np.ndarray | None = None
+             progress: Callable[[int], None] | None = None, cancel=None, reuse: TileUses | None = None
              ) -> np.ndarray:
         """Execute ``plan`` on ``lvl`` of this image's files into ``out`` (the one place reads run)."""
         return cpu.execute(plan, lvl, out, path=self._path, readers=self._readers, file_keys=self._file_keys,
